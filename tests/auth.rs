@@ -45,7 +45,11 @@ fn another_users_key_is_refused() {
         .arg("true")
         .output()
         .expect("ssh");
-    assert!(refused(&out), "alice's key logged in as bob: {}", stderr(&out));
+    assert!(
+        refused(&out),
+        "alice's key logged in as bob: {}",
+        stderr(&out)
+    );
     assert!(
         docker(&["inspect", &format!("berth-{}", bob.name)])
             .status
@@ -67,28 +71,34 @@ fn an_invalid_user_name_is_refused_without_touching_disk_or_engine() {
             .expect("ssh");
         assert!(refused(&out), "{login} got in: {}", stderr(&out));
     }
-    assert!(!gateway.state.path().join("run").exists() || {
-        std::fs::read_dir(gateway.state.path().join("run"))
-            .map(|d| d.count() == 0)
-            .unwrap_or(true)
-    });
+    assert!(
+        !gateway.state.path().join("run").exists() || {
+            std::fs::read_dir(gateway.state.path().join("run"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        }
+    );
 }
 
 fn host_key_of(gateway: &Gateway) -> String {
     let out = Command::new("ssh-keyscan")
-        .args(["-t", "ed25519", "-p", &gateway.addr.port().to_string(), "127.0.0.1"])
+        .args([
+            "-t",
+            "ed25519",
+            "-p",
+            &gateway.addr.port().to_string(),
+            "127.0.0.1",
+        ])
         .output()
         .expect("ssh-keyscan");
     let text = stdout(&out);
-    let key = text
-        .lines()
+    text.lines()
         .find(|l| l.contains("ssh-ed25519"))
         .unwrap_or_else(|| panic!("no host key scanned: {text} {}", stderr(&out)))
         .split_whitespace()
         .last()
         .expect("key")
-        .to_string();
-    key
+        .to_string()
 }
 
 #[test]
@@ -100,7 +110,9 @@ fn the_host_key_is_the_same_after_a_restart() {
     assert_eq!(before, after);
     let file = gateway.state.path().join("ssh_host_ed25519_key");
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&file).expect("host key file").permissions(),
+        &std::fs::metadata(&file)
+            .expect("host key file")
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "host key mode {mode:o}");
 }
@@ -120,7 +132,11 @@ fn key_add_with_a_malformed_file_names_the_line_and_keeps_existing_keys() {
     assert!(stderr(&out).contains("line 2"), "stderr: {}", stderr(&out));
 
     let after = gateway.cli(&["key", "list", &alice.name]);
-    assert_eq!(stdout(&before), stdout(&after), "keys changed after a refused add");
+    assert_eq!(
+        stdout(&before),
+        stdout(&after),
+        "keys changed after a refused add"
+    );
     // The good key on line 1 was not added either: all or nothing.
     assert_eq!(stdout(&after).lines().count(), 1);
     // And the original key still logs in.

@@ -132,6 +132,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -263,14 +264,21 @@ fn key_command(config: &Config, command: KeyCommand) -> anyhow::Result<()> {
 }
 
 async fn host_command(config: Config, command: HostCommand) -> anyhow::Result<()> {
-    let hosts = HostManager::connect(config.hosts.clone(), config.image.clone(), &config.state_dir)
-        .await?;
+    let hosts = HostManager::connect(
+        config.hosts.clone(),
+        config.image.clone(),
+        &config.state_dir,
+    )
+    .await?;
     match command {
         HostCommand::List => {
             println!("{:<20} {:<10} {:<14} STATUS", "USER", "STATE", "CONTAINER");
             for row in hosts.list().await? {
                 let id: String = row.container_id.chars().take(12).collect();
-                println!("{:<20} {:<10} {:<14} {}", row.user, row.state, id, row.status);
+                println!(
+                    "{:<20} {:<10} {:<14} {}",
+                    row.user, row.state, id, row.status
+                );
             }
         }
         HostCommand::Stop { user } => {
@@ -288,10 +296,12 @@ async fn host_command(config: Config, command: HostCommand) -> anyhow::Result<()
         }
         HostCommand::Purge { user, yes } => {
             let user = UserName::parse(&user)?;
-            if !yes && !confirm(&format!(
-                "purge {user}'s host and volume {}? everything in it is lost [y/N] ",
-                HostManager::volume_name(&user)
-            ))? {
+            if !yes
+                && !confirm(&format!(
+                    "purge {user}'s host and volume {}? everything in it is lost [y/N] ",
+                    HostManager::volume_name(&user)
+                ))?
+            {
                 bail!("not purged");
             }
             hosts.purge(&user).await?;

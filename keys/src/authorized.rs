@@ -134,7 +134,12 @@ impl AuthorizedKeys {
     pub fn parse_lenient(input: &[u8], origin: &str) -> AuthorizedKeys {
         let (entries, errors) = parse_lenient(input);
         for e in &errors {
-            tracing::warn!(file = origin, line = e.line, "skipping authorized_keys line: {}", e.error);
+            tracing::warn!(
+                file = origin,
+                line = e.line,
+                "skipping authorized_keys line: {}",
+                e.error
+            );
         }
         for entry in &entries {
             for name in &entry.options().unknown {

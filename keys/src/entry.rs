@@ -66,7 +66,9 @@ pub enum LineError {
     #[error("no public key after the options")]
     MissingKey,
     /// The key type is not one berth knows.
-    #[error("unknown key type '{0}' (expected one of: ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com)")]
+    #[error(
+        "unknown key type '{0}' (expected one of: ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com)"
+    )]
     UnknownKeyType(String),
     /// The key type is known but not accepted.
     #[error("key type '{key_type}' is not accepted: {why}")]
@@ -107,6 +109,7 @@ pub struct ParseError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     text: String,
+    options_field: String,
     options: KeyOptions,
     key: PublicKey,
 }
@@ -151,9 +154,29 @@ impl KeyEntry {
         &self.text
     }
 
+    /// The options field as written (`""` when there is none).
+    pub fn options_text(&self) -> &str {
+        &self.options_field
+    }
+
     /// Whether `other` is the same key, ignoring comment and options.
     pub fn same_key(&self, other: &PublicKey) -> bool {
         self.key.key_data() == other.key_data()
+    }
+}
+
+/// One line for listings: `SHA256:… keytype comment`, then the options as
+/// written, if any, in square brackets.
+impl std::fmt::Display for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.fingerprint(), self.key.algorithm())?;
+        if !self.comment().is_empty() {
+            write!(f, " {}", self.comment())?;
+        }
+        if !self.options_field.is_empty() {
+            write!(f, " [{}]", self.options_field)?;
+        }
+        Ok(())
     }
 }
 
@@ -233,7 +256,9 @@ fn check_text(line: &[u8]) -> Result<&str, LineError> {
 }
 
 fn is_key_type_word(word: &str) -> bool {
-    ACCEPTED_KEY_TYPES.contains(&word) || word == "ssh-dss" || word.ends_with("-cert-v01@openssh.com")
+    ACCEPTED_KEY_TYPES.contains(&word)
+        || word == "ssh-dss"
+        || word.ends_with("-cert-v01@openssh.com")
 }
 
 fn first_word(s: &str) -> &str {
@@ -243,8 +268,8 @@ fn first_word(s: &str) -> &str {
 /// Parses a trimmed, non-empty, non-comment line.
 fn parse_entry(text: &str) -> Result<KeyEntry, LineError> {
     let first = first_word(text);
-    let (options, key_part) = if is_key_type_word(first) {
-        (KeyOptions::default(), text)
+    let (options_field, options, key_part) = if is_key_type_word(first) {
+        ("", KeyOptions::default(), text)
     } else {
         let (field, rest) = split_options_field(text)?;
         if rest.is_empty() {
@@ -260,11 +285,12 @@ fn parse_entry(text: &str) -> Result<KeyEntry, LineError> {
             // `foo AAAA… comment`: an unknown key type, not an option.
             return Err(LineError::UnknownKeyType(field.to_owned()));
         }
-        (KeyOptions::parse(field)?, rest)
+        (field, KeyOptions::parse(field)?, rest)
     };
     let key = parse_key(key_part)?;
     Ok(KeyEntry {
         text: text.to_owned(),
+        options_field: options_field.to_owned(),
         options,
         key,
     })
@@ -280,9 +306,7 @@ fn looks_like_base64(word: &str) -> bool {
 /// Parses `keytype base64 [comment]`.
 pub(crate) fn parse_key(key_part: &str) -> Result<PublicKey, LineError> {
     let key_part = key_part.trim();
-    let (key_type, rest) = key_part
-        .split_once([' ', '\t'])
-        .unwrap_or((key_part, ""));
+    let (key_type, rest) = key_part.split_once([' ', '\t']).unwrap_or((key_part, ""));
     let rest = rest.trim_start();
     let (data, comment) = rest.split_once([' ', '\t']).unwrap_or((rest, ""));
     let comment = comment.trim();
@@ -312,7 +336,8 @@ pub(crate) fn parse_key(key_part: &str) -> Result<PublicKey, LineError> {
     {
         return Err(LineError::BadBase64);
     }
-    let mut key = PublicKey::from_openssh(&format!("{key_type} {data}")).map_err(map_key_error(key_type))?;
+    let mut key =
+        PublicKey::from_openssh(&format!("{key_type} {data}")).map_err(map_key_error(key_type))?;
     if !key_algorithm_allowed(&key.algorithm()) {
         return Err(LineError::TypeMismatch(key_type.to_owned()));
     }

@@ -497,7 +497,9 @@ mod tests {
         assert!(o.pty && o.port_forwarding && !o.agent_forwarding && !o.x11_forwarding);
         let o = KeyOptions::parse("pty,restrict").unwrap();
         assert!(!o.pty);
-        let o = KeyOptions::parse("no-pty,No-Port-Forwarding,no-agent-forwarding,no-X11-forwarding").unwrap();
+        let o =
+            KeyOptions::parse("no-pty,No-Port-Forwarding,no-agent-forwarding,no-X11-forwarding")
+                .unwrap();
         assert!(!o.pty && !o.port_forwarding && !o.agent_forwarding && !o.x11_forwarding);
         let o = KeyOptions::parse("restrict,agent-forwarding,X11-forwarding").unwrap();
         assert!(o.agent_forwarding && o.x11_forwarding);
@@ -505,10 +507,16 @@ mod tests {
 
     #[test]
     fn quoted_values_and_escapes() {
-        let o = KeyOptions::parse(r#"command="echo \"a, b\" c",environment="A=b c",permitopen="h:1",permitopen="h:2""#).unwrap();
+        let o = KeyOptions::parse(
+            r#"command="echo \"a, b\" c",environment="A=b c",permitopen="h:1",permitopen="h:2""#,
+        )
+        .unwrap();
         assert_eq!(o.command.as_deref(), Some(r#"echo "a, b" c"#));
         assert_eq!(o.environment, vec!["A=b c".to_owned()]);
-        assert_eq!(o.permit_open, Some(vec!["h:1".to_owned(), "h:2".to_owned()]));
+        assert_eq!(
+            o.permit_open,
+            Some(vec!["h:1".to_owned(), "h:2".to_owned()])
+        );
     }
 
     #[test]
@@ -562,7 +570,15 @@ mod tests {
         assert_eq!(t("20000101000102"), 946_684_862);
         assert_eq!(t("20000101000102Z"), 946_684_862);
         assert!(parse_expiry_time("19690101").is_ok());
-        for bad in ["", "2000010", "200001011", "20000230", "20000101246000", "2000-1-01", "+0000101"] {
+        for bad in [
+            "",
+            "2000010",
+            "200001011",
+            "20000230",
+            "20000101246000",
+            "2000-1-01",
+            "+0000101",
+        ] {
             assert!(parse_expiry_time(bad).is_err(), "{bad}");
         }
     }
@@ -580,7 +596,10 @@ mod tests {
         assert!(p.matches(ip("192.168.1.7")));
         assert!(!p.matches(ip("192.168.1.8")));
         assert!(!p.matches(ip("11.0.0.1")));
-        assert!(p.matches(ip("::ffff:10.1.1.1")), "v4-mapped peers count as v4");
+        assert!(
+            p.matches(ip("::ffff:10.1.1.1")),
+            "v4-mapped peers count as v4"
+        );
     }
 
     #[test]
@@ -600,7 +619,11 @@ mod tests {
         assert!(!p.matches(ip("10.0.0.17")));
         assert!(p.matches(ip("fd00::9")));
         assert!(!p.matches(ip("172.16.0.1")));
-        assert!(!HostPatterns::parse("*.example.com").unwrap().matches(ip("1.2.3.4")));
+        assert!(
+            !HostPatterns::parse("*.example.com")
+                .unwrap()
+                .matches(ip("1.2.3.4"))
+        );
         assert!(HostPatterns::parse("*").unwrap().matches(ip("1.2.3.4")));
     }
 

@@ -308,7 +308,11 @@ impl KeyStore {
     /// exact comment equals `selector`. Other lines, including comments,
     /// unknown options and broken lines, are kept byte for byte. Returns the
     /// removed entries; matching nothing is an error.
-    pub fn remove_keys(&self, user: &UserName, selector: &str) -> Result<Vec<KeyEntry>, StoreError> {
+    pub fn remove_keys(
+        &self,
+        user: &UserName,
+        selector: &str,
+    ) -> Result<Vec<KeyEntry>, StoreError> {
         let _lock = self.write_lock()?;
         if !self.user_exists(user) {
             return Err(StoreError::NoSuchUser(user.clone()));
@@ -387,16 +391,13 @@ impl KeyStore {
             &bytes,
             &path.display().to_string(),
         ));
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                user.clone(),
-                Cached {
-                    stamp,
-                    keys: keys.clone(),
-                },
-            );
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            user.clone(),
+            Cached {
+                stamp,
+                keys: keys.clone(),
+            },
+        );
         Ok(keys)
     }
 }

@@ -36,7 +36,12 @@ impl UserName {
         if first_ok && rest_ok && bytes.len() <= MAX_USER_NAME_LEN {
             Ok(UserName(name.to_owned()))
         } else {
-            let mut shown: String = name.chars().take(40).collect::<String>().escape_debug().to_string();
+            let mut shown: String = name
+                .chars()
+                .take(40)
+                .collect::<String>()
+                .escape_debug()
+                .to_string();
             if name.chars().count() > 40 {
                 shown.push('…');
             }
@@ -85,8 +90,20 @@ mod tests {
     fn refuses_everything_else() {
         let long = "a".repeat(200);
         for name in [
-            "", "../x", "Alice", "a b", "1abc", "-x", "a/b", "a.b", "é", "ａ", "a\0", "a\n",
-            &long, &"a".repeat(33),
+            "",
+            "../x",
+            "Alice",
+            "a b",
+            "1abc",
+            "-x",
+            "a/b",
+            "a.b",
+            "é",
+            "ａ",
+            "a\0",
+            "a\n",
+            &long,
+            &"a".repeat(33),
         ] {
             let err = UserName::parse(name).unwrap_err();
             assert!(err.to_string().starts_with("invalid user name '"), "{err}");

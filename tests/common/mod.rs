@@ -150,10 +150,18 @@ impl Gateway {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(self.addr).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("berth serve exited with {status}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "gateway did not listen; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

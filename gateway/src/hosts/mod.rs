@@ -431,7 +431,10 @@ impl HostManager {
                 Err(e) => last = e.to_string(),
             }
             if !self.is_running(id).await {
-                last = format!("host stopped while starting; {}", self.last_log_line(id).await);
+                last = format!(
+                    "host stopped while starting; {}",
+                    self.last_log_line(id).await
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -466,7 +469,9 @@ impl HostManager {
         let mut logs = self.docker.logs(id, Some(options));
         let mut line = String::new();
         while let Some(Ok(chunk)) = logs.next().await {
-            line = String::from_utf8_lossy(&chunk.into_bytes()).trim().to_string();
+            line = String::from_utf8_lossy(&chunk.into_bytes())
+                .trim()
+                .to_string();
         }
         line
     }
@@ -573,11 +578,7 @@ impl HostManager {
                 });
             }
         }
-        match self
-            .docker
-            .remove_network(&Self::network_name(user))
-            .await
-        {
+        match self.docker.remove_network(&Self::network_name(user)).await {
             Ok(())
             | Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..

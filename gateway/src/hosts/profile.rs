@@ -38,8 +38,11 @@ impl Resolved {
                 host.security_opt = Some(vec![
                     "seccomp=unconfined".into(),
                     "apparmor=unconfined".into(),
-                    "systempaths=unconfined".into(),
                 ]);
+                // `--security-opt systempaths=unconfined` is the CLI's
+                // spelling of these two empty lists.
+                host.masked_paths = Some(Vec::new());
+                host.readonly_paths = Some(Vec::new());
                 host.device_cgroup_rules = Some(vec!["a *:* rwm".into()]);
                 host.binds
                     .get_or_insert_with(Vec::new)

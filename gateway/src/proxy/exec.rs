@@ -74,7 +74,11 @@ pub async fn run(
             }),
         )
         .await?;
-    let StartExecResults::Attached { mut output, mut input } = started else {
+    let StartExecResults::Attached {
+        mut output,
+        mut input,
+    } = started
+    else {
         return Ok(());
     };
     let (mut from_client, to_client) = channel.split();
@@ -88,11 +92,11 @@ pub async fn run(
         while let Some(msg) = from_client.wait().await {
             match msg {
                 ChannelMsg::Data { data } if stdin_open => {
-                    if input.write_all(&data).await.is_err() {
-                        stdin_open = false;
-                    }
+                    stdin_open = input.write_all(&data).await.is_ok();
                 }
-                ChannelMsg::Eof if stdin_open => {
+                // A terminal has no half-close: like sshd, ignore EOF on a
+                // PTY session (closing the exec's input would end it).
+                ChannelMsg::Eof if stdin_open && !tty => {
                     let _ = input.shutdown().await;
                     stdin_open = false;
                 }

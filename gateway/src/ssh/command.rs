@@ -100,6 +100,9 @@ mod tests {
             classify("docker system dial-stdio; rm -rf /"),
             Command::Shell("docker system dial-stdio; rm -rf /".into())
         );
-        assert_eq!(classify("echo 'unterminated"), Command::Shell("echo 'unterminated".into()));
+        assert_eq!(
+            classify("echo 'unterminated"),
+            Command::Shell("echo 'unterminated".into())
+        );
     }
 }

@@ -63,7 +63,13 @@ mod tests {
     #[test]
     fn dangerous_variables_never_pass_even_when_allowed() {
         let everything = vec!["*".to_string(), "LD_*".into(), "PATH".into()];
-        for name in ["PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "DOCKER_HOST", "BASH_ENV"] {
+        for name in [
+            "PATH",
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "DOCKER_HOST",
+            "BASH_ENV",
+        ] {
             assert!(!is_allowed(name, &everything), "{name}");
         }
     }

@@ -85,10 +85,12 @@ impl russh::server::Handler for ConnectionHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(match self.check_key(user, offer.public_key, offer.algorithm) {
-            Some(_) => Auth::Accept,
-            None => reject(),
-        })
+        Ok(
+            match self.check_key(user, offer.public_key, offer.algorithm) {
+                Some(_) => Auth::Accept,
+                None => reject(),
+            },
+        )
     }
 
     async fn auth_publickey(

@@ -60,8 +60,7 @@ fn russh_config(gateway: &Gateway, host_key: russh::keys::PrivateKey) -> russh::
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
         nodelay: true,
-        keepalive_interval: Some(gateway.config.ssh.keepalive_interval)
-            .filter(|d| !d.is_zero()),
+        keepalive_interval: Some(gateway.config.ssh.keepalive_interval).filter(|d| !d.is_zero()),
         inactivity_timeout: None,
         window_size: 8 * 1024 * 1024,
         maximum_packet_size: 65535,

@@ -131,14 +131,7 @@ pub async fn run(gateway: Arc<Gateway>, login: Login, mut channel: Channel<Msg>)
         tty: pty.map(|p| p.size),
     };
     tracing::debug!(cmd = ?spec.cmd, tty = spec.tty.is_some(), "exec");
-    if let Err(e) = exec::run(
-        gateway.hosts.docker(),
-        &host.container_id,
-        spec,
-        channel,
-    )
-    .await
-    {
+    if let Err(e) = exec::run(gateway.hosts.docker(), &host.container_id, spec, channel).await {
         tracing::warn!("{e}");
     }
 }
