@@ -28,7 +28,19 @@ run: build image
 
 ## All tests: unit tests and end-to-end tests against a real engine.
 test: image
+	@scripts/test-deps.sh
 	@$(WITH_ENGINE) cargo test --workspace --locked -- --test-threads=4
+	@$(MAKE) --no-print-directory bench-smoke
+
+## Benchmarks against OpenSSH-in-dind and direct Docker; writes bench/RESULTS.md
+## and bench/results.csv. Takes a while (BENCH_ARGS="--only 1,2 --runs 10" to narrow).
+bench: build image
+	@$(WITH_ENGINE) bench/bench.sh $(BENCH_ARGS)
+
+## Every benchmark once, with tiny sizes, so the bench never rots (part of `make test`).
+bench-smoke: image
+	cargo build --locked -p berth
+	@$(WITH_ENGINE) bench/bench.sh --smoke --berth target/debug/berth
 
 lint:
 	cargo fmt --all --check

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use berth_keys::KeyStore;
+use berth_keys::{KeyStore, TrustedUserCas};
 
 pub use config::Config;
 
@@ -35,6 +35,9 @@ pub enum Error {
     /// The key store could not be opened.
     #[error(transparent)]
     Keys(#[from] berth_keys::StoreError),
+    /// The trusted user CAs or the revoked-keys list could not be loaded.
+    #[error(transparent)]
+    UserCas(#[from] berth_keys::CaError),
     /// The Docker engine could not be used.
     #[error(transparent)]
     Hosts(#[from] hosts::HostError),
@@ -66,12 +69,15 @@ pub async fn serve(
 ) -> Result<(), Error> {
     prepare_state_dir(&config.state_dir)?;
     let keys = KeyStore::open(&config.state_dir)?;
+    let user_cas =
+        TrustedUserCas::load(&config.trusted_user_ca_keys, config.revoked_keys.as_deref())?;
     let hosts = hosts::HostManager::connect(
         config.hosts.clone(),
         config.image.clone(),
         &config.state_dir,
     )
     .await?;
+    let _lifecycle = hosts.start_lifecycle().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ssh::ServeError::Bind {
@@ -87,6 +93,7 @@ pub async fn serve(
     let gateway = Arc::new(ssh::Gateway {
         config,
         keys,
+        user_cas,
         hosts,
     });
     tracing::info!(listen = %bound, "berth is serving SSH");

@@ -63,6 +63,9 @@ struct ServeArgs {
     /// A trusted OpenSSH user CA public key file (repeatable).
     #[arg(long = "trusted-user-ca", value_name = "FILE")]
     trusted_user_ca: Vec<PathBuf>,
+    /// Revoked keys and certificates file.
+    #[arg(long, value_name = "FILE", env = "BERTH_REVOKED_KEYS")]
+    revoked_keys: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -90,9 +93,9 @@ enum KeyCommand {
 
 #[derive(Subcommand)]
 enum HostCommand {
-    /// List hosts on the engine.
+    /// List hosts on the engine: state, uptime or idle time, live sessions.
     List,
-    /// Stop USER's host cleanly.
+    /// Stop USER's host cleanly (SIGTERM, then `stop_timeout` of grace).
     Stop { user: String },
     /// Remove USER's host container; the volume (inner images, containers) stays.
     Rm { user: String },
@@ -102,6 +105,9 @@ enum HostCommand {
         /// Do not ask.
         #[arg(long)]
         yes: bool,
+        /// Purge even while the host has live sessions.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -154,6 +160,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.hosts.idle_timeout = idle;
             }
             config.trusted_user_ca_keys.extend(args.trusted_user_ca);
+            if let Some(revoked) = args.revoked_keys {
+                config.revoked_keys = Some(revoked);
+            }
             if args.log_json {
                 config.log.format = LogFormat::Json;
             }
@@ -272,12 +281,16 @@ async fn host_command(config: Config, command: HostCommand) -> anyhow::Result<()
     .await?;
     match command {
         HostCommand::List => {
-            println!("{:<20} {:<10} {:<14} STATUS", "USER", "STATE", "CONTAINER");
+            println!(
+                "{:<20} {:<10} {:<14} {:<22} SESSIONS",
+                "USER", "STATE", "CONTAINER", "UPTIME/IDLE"
+            );
             for row in hosts.list().await? {
                 let id: String = row.container_id.chars().take(12).collect();
+                let (timing, sessions) = host_timing(&row);
                 println!(
-                    "{:<20} {:<10} {:<14} {}",
-                    row.user, row.state, id, row.status
+                    "{:<20} {:<10} {:<14} {:<22} {}",
+                    row.user, row.state, id, timing, sessions
                 );
             }
         }
@@ -294,8 +307,14 @@ async fn host_command(config: Config, command: HostCommand) -> anyhow::Result<()
                 HostManager::volume_name(&user)
             );
         }
-        HostCommand::Purge { user, yes } => {
+        HostCommand::Purge { user, yes, force } => {
             let user = UserName::parse(&user)?;
+            // Asked before the question, so nobody confirms a purge that
+            // would then be refused.
+            let sessions = hosts.live_sessions(&user).await?;
+            if sessions > 0 && !force {
+                bail!(berth::hosts::HostError::InUse { user, sessions });
+            }
             if !yes
                 && !confirm(&format!(
                     "purge {user}'s host and volume {}? everything in it is lost [y/N] ",
@@ -304,11 +323,38 @@ async fn host_command(config: Config, command: HostCommand) -> anyhow::Result<()
             {
                 bail!("not purged");
             }
-            hosts.purge(&user).await?;
+            hosts.purge(&user, force).await?;
             println!("purged {user}'s host and volume");
         }
     }
     Ok(())
+}
+
+/// "up 3m 2s" or "stopped 2h ago", plus "idle 4m" when the host has no
+/// session; and the live session count ("-" when no daemon is counting).
+fn host_timing(row: &berth::hosts::HostSummary) -> (String, String) {
+    let ago = |t: std::time::SystemTime| {
+        let secs = t.elapsed().map_or(0, |d| d.as_secs());
+        humantime::format_duration(Duration::from_secs(secs)).to_string()
+    };
+    let live = row.sessions.as_ref().map(|r| r.live_sessions());
+    let timing = match (row.state.as_str(), row.since) {
+        ("running", Some(t)) => match (live, &row.sessions) {
+            (Some(0), Some(r)) if r.last_active() > t => {
+                format!("up {}, idle {}", ago(t), ago(r.last_active()))
+            }
+            (Some(0), _) | (None, _) => format!("up {}, idle {}", ago(t), ago(t)),
+            _ => format!("up {}", ago(t)),
+        },
+        (_, Some(t)) => format!("stopped {} ago", ago(t)),
+        (_, None) => "-".into(),
+    };
+    let sessions = match (row.state.as_str(), live) {
+        ("running", Some(n)) => n.to_string(),
+        ("running", None) => "0".into(),
+        _ => "-".into(),
+    };
+    (timing, sessions)
 }
 
 fn confirm(question: &str) -> anyhow::Result<bool> {

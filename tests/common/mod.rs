@@ -392,3 +392,197 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
+
+impl Gateway {
+    /// A user name with a fresh key pair that is NOT on file yet.
+    pub fn user_without_keys(&mut self) -> User {
+        let name = self.reserve_user();
+        let key = Key::generate(self.state.path(), &name);
+        User {
+            name,
+            key,
+            addr: self.addr,
+            known_hosts: self.state.path().join("known_hosts"),
+        }
+    }
+
+    /// Runs `berth ARGS`, asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// True when OpenSSH reports an authentication failure.
+pub fn auth_refused(out: &Output) -> bool {
+    out.status.code() == Some(255) && stderr(out).contains("Permission denied")
+}
+
+impl Gateway {
+    /// The `berth serve` process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Starts a gateway with a config file holding `toml`.
+    pub fn start_with_config(toml: &str) -> Gateway {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-conf-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.keep().join("berth.toml");
+        std::fs::write(&path, toml).expect("write config");
+        Gateway::start_with(&["--config", path.to_str().expect("path")])
+    }
+}
+
+impl User {
+    /// Names the processes in this user's host whose command line contains
+    /// `pattern` (`pid args` lines), as `ps` inside the host sees them.
+    pub fn host_processes(&self, pattern: &str) -> Vec<String> {
+        let container = format!("berth-{}", self.name);
+        let out = docker_ok(&["exec", &container, "ps", "-eo", "pid=,args="]);
+        out.lines()
+            .filter(|l| l.contains(pattern))
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+
+    /// The `ssh` options and key for this user as other OpenSSH programs
+    /// (scp, sftp, rsync's `-e ssh …`) take them, without the port.
+    pub fn ssh_args(&self) -> Vec<String> {
+        let mut args = ssh_options(&self.known_hosts);
+        args.push("-i".into());
+        args.push(self.key.private.display().to_string());
+        args
+    }
+}
+
+/// A client machine's view of a test user: a temp HOME whose `.ssh/config`,
+/// `.ssh/known_hosts` and `ssh` on PATH reach the gateway as that user, so
+/// clients that run plain `ssh` (the docker CLI) or read `~/.ssh/config`
+/// (docker-py's paramiko transport) work unchanged.
+pub struct ClientHome {
+    pub dir: tempfile::TempDir,
+    /// `ssh://USER@127.0.0.1:PORT`.
+    pub docker_host: String,
+}
+
+impl User {
+    /// Sets up a [`ClientHome`] for this user.
+    pub fn client_home(&self) -> ClientHome {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-client-")
+            .tempdir()
+            .expect("tempdir");
+        let ssh_dir = dir.path().join(".ssh");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&ssh_dir).expect("mkdir .ssh");
+        std::fs::create_dir_all(&bin).expect("mkdir bin");
+        let state = self.known_hosts.parent().expect("state dir");
+        let host_key = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(state.join("ssh_host_ed25519_key"))
+            .output()
+            .expect("ssh-keygen -y");
+        assert!(host_key.status.success(), "{}", stderr(&host_key));
+        let known_hosts = ssh_dir.join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!(
+                "[127.0.0.1]:{} {}\n",
+                self.addr.port(),
+                String::from_utf8_lossy(&host_key.stdout).trim()
+            ),
+        )
+        .expect("known_hosts");
+        let config = ssh_dir.join("config");
+        std::fs::write(
+            &config,
+            format!(
+                "Host 127.0.0.1\n  IdentityFile {}\n  IdentitiesOnly yes\n  IdentityAgent none\n  \
+                 StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  BatchMode yes\n  LogLevel ERROR\n",
+                self.key.private.display(),
+                known_hosts.display()
+            ),
+        )
+        .expect("ssh config");
+        // OpenSSH finds ~/.ssh through the password database, not $HOME:
+        // an `ssh` on PATH that names the config makes HOME's config count.
+        let real_ssh = Command::new("sh")
+            .args(["-c", "command -v ssh"])
+            .output()
+            .expect("find ssh");
+        let wrapper = bin.join("ssh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec {} -F {} \"$@\"\n",
+                String::from_utf8_lossy(&real_ssh.stdout).trim(),
+                config.display()
+            ),
+        )
+        .expect("ssh wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ClientHome {
+            dir,
+            docker_host: format!("ssh://{}@127.0.0.1:{}", self.name, self.addr.port()),
+        }
+    }
+
+    /// Imports a one-layer busybox image as `tag` into this user's inner
+    /// engine (every applet linked, so `echo`, `sh`, `httpd` work).
+    pub fn import_busybox(&self, tag: &str) {
+        self.ssh_ok(&format!(
+            "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/tmp $d/www; cp /bin/busybox $d/bin/; \
+             for a in $(/bin/busybox --list); do [ -e $d/bin/$a ] || ln -s busybox $d/bin/$a; done; \
+             tar -C $d -c . | docker import -c 'CMD [\"sh\"]' - {tag} >/dev/null; rm -rf $d"
+        ));
+    }
+}
+
+impl ClientHome {
+    /// A command run on the client: HOME and PATH point at this client
+    /// home, DOCKER_HOST at the gateway.
+    pub fn command(&self, program: &str) -> Command {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(program);
+        cmd.env("HOME", self.dir.path())
+            .env("PATH", path)
+            .env("DOCKER_HOST", &self.docker_host)
+            .env("DOCKER_CONFIG", self.dir.path().join(".docker"))
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The docker CLI with `DOCKER_HOST=ssh://…`.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.command("docker")
+            .args(args)
+            .output()
+            .expect("run docker")
+    }
+
+    /// The docker CLI over SSH, asserting success; returns trimmed stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "DOCKER_HOST=ssh:// docker {args:?} failed: {}",
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+}

@@ -6,29 +6,39 @@
 //! purge), network `berth-alice` (a bridge of her own), run dir
 //! `<state>/run/alice` bind-mounted at `/run/berth` (the inner dockerd's
 //! socket for the gateway).
+//!
+//! Lifecycle: [`HostManager::ensure_running`] provisions or resumes a host
+//! once however many logins race for it; [`HostManager::start_lifecycle`]
+//! adopts the hosts already on the engine when the gateway starts and stops
+//! hosts that stay idle; sessions hold an [`ActivityGuard`] from
+//! [`HostManager::activity`] so that a host in use is never stopped.
 
+pub mod activity;
+pub mod preload;
 pub mod profile;
 pub mod socket;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use berth_keys::UserName;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
-    NetworkCreateRequest, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig, Mount,
+    MountType, NetworkCreateRequest, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, StartContainerOptions,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder,
 };
 use tokio::net::UnixStream;
 
+use self::activity::Activity;
+pub use self::activity::{ActivityGuard, SessionRecord};
 use self::profile::Resolved;
 use crate::config::{HostsConfig, SecurityProfile};
 
@@ -36,6 +46,10 @@ use crate::config::{HostsConfig, SecurityProfile};
 pub const LABEL_MANAGED: &str = "io.berth.managed";
 /// Label naming the user an object belongs to.
 pub const LABEL_USER: &str = "io.berth.user";
+/// Label naming the state dir of the gateway that created an object, so a
+/// gateway adopts and idle-stops only its own hosts when several share an
+/// engine.
+pub const LABEL_STATE_DIR: &str = "io.berth.state-dir";
 
 /// A failure to provide or manage a user's host, worded for that user or an operator.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +88,14 @@ pub enum HostError {
     /// The user has no host.
     #[error("{0} has no host")]
     NoHost(UserName),
+    /// The host is in use and the operator did not force the action.
+    #[error("{user}'s host has {sessions} live session(s); end them first or pass --force")]
+    InUse {
+        /// Whose host.
+        user: UserName,
+        /// Sessions, execs and forwards open now.
+        sessions: usize,
+    },
     /// The inner Docker socket could not be used.
     #[error(transparent)]
     Socket(#[from] socket::SocketError),
@@ -118,18 +140,41 @@ pub struct HostSummary {
     pub container_id: String,
     /// Engine's human status ("Up 3 minutes").
     pub status: String,
+    /// When the host last started (if running) or stopped (if not).
+    pub since: Option<SystemTime>,
+    /// What the daemon last recorded about the host's sessions.
+    pub sessions: Option<SessionRecord>,
 }
 
-/// Creates, starts and stops users' hosts on one Docker engine.
+/// Creates, starts and stops users' hosts on one Docker engine. Cheap to
+/// clone: clones share their locks and session counts.
+#[derive(Clone)]
 pub struct HostManager {
     docker: Docker,
-    config: HostsConfig,
+    config: Arc<HostsConfig>,
     image: String,
+    state_dir: PathBuf,
     run_root: PathBuf,
-    /// One lock per user so concurrent logins provision once.
-    flights: Mutex<HashMap<UserName, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per user so concurrent logins provision once, and an idle
+    /// stop never races a login.
+    flights: Arc<Mutex<HashMap<UserName, Arc<tokio::sync::Mutex<()>>>>>,
     /// What `auto` resolved to on this engine, once learned.
-    learned_profile: Mutex<Option<Resolved>>,
+    learned_profile: Arc<Mutex<Option<Resolved>>>,
+    /// Sessions per user, for idle stop and the CLI.
+    activity: Arc<Activity>,
+}
+
+/// The gateway's background lifecycle work (idle stop); stops when dropped.
+pub struct Lifecycle {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl HostManager {
@@ -152,17 +197,41 @@ impl HostManager {
         })?;
         Ok(HostManager {
             docker,
-            config,
+            config: Arc::new(config),
             image,
             run_root: state_dir.join("run"),
-            flights: Mutex::new(HashMap::new()),
-            learned_profile: Mutex::new(None),
+            activity: Arc::new(Activity::new(&state_dir)),
+            state_dir,
+            flights: Arc::new(Mutex::new(HashMap::new())),
+            learned_profile: Arc::new(Mutex::new(None)),
         })
     }
 
     /// The engine client, for execs into hosts.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// The address of `host` on its own network (`berth-<user>`), where the
+    /// ports its inner containers publish listen: the target of the user's
+    /// `ssh -L` forwards. `None` while the host has no address there.
+    pub async fn host_address(&self, host: &Host) -> Result<Option<std::net::IpAddr>, HostError> {
+        let info = self
+            .docker
+            .inspect_container(&host.container_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| HostError::Call {
+                action: "inspect the host",
+                user: host.user.clone(),
+                source,
+            })?;
+        let network = Self::network_name(&host.user);
+        Ok(info
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|mut n| n.remove(&network))
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok()))
     }
 
     /// Container name of a user's host.
@@ -184,15 +253,151 @@ impl HostManager {
         self.run_root.join(user.as_str())
     }
 
+    /// Counts a session, exec or forward of `user` until the guard drops;
+    /// a host is only stopped for idleness when no guard is held for it.
+    pub fn activity(&self, user: &UserName) -> ActivityGuard {
+        self.activity.enter(user)
+    }
+
+    fn flight(&self, user: &UserName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.entry(user.clone()).or_default().clone()
+    }
+
+    /// Adopts the hosts already on the engine, then stops hosts that stay
+    /// idle for `idle_timeout` until the returned handle drops.
+    pub async fn start_lifecycle(&self) -> Result<Lifecycle, HostError> {
+        self.adopt().await?;
+        let timeout = self.config.idle_timeout;
+        if timeout.is_zero() {
+            tracing::info!("idle stop is off (idle_timeout = 0)");
+            return Ok(Lifecycle { task: None });
+        }
+        let manager = self.clone();
+        let task = tokio::spawn(async move { manager.stop_idle_hosts(timeout).await });
+        Ok(Lifecycle { task: Some(task) })
+    }
+
+    /// Finds berth's hosts on the engine by label and resumes tracking them:
+    /// running ones start their idle clock now. Fixed names mean a user never
+    /// gets a second container or volume; half-made containers are repaired
+    /// at the next login.
+    async fn adopt(&self) -> Result<(), HostError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([(
+                "label",
+                vec![
+                    format!("{LABEL_MANAGED}=true"),
+                    format!("{LABEL_STATE_DIR}={}", self.state_dir.display()),
+                ],
+            )]))
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(HostError::Engine)?;
+        for c in containers {
+            let label = c.labels.as_ref().and_then(|l| l.get(LABEL_USER));
+            let Some(user) = label.and_then(|u| UserName::parse(u).ok()) else {
+                continue;
+            };
+            let expected = format!("/{}", Self::container_name(&user));
+            if !c.names.as_ref().is_some_and(|n| n.contains(&expected)) {
+                continue;
+            }
+            let id = c.id.unwrap_or_default();
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            if state == "running" {
+                self.activity.track(&user);
+                if let Ok(info) = self
+                    .docker
+                    .inspect_container(&id, None::<InspectContainerOptions>)
+                    .await
+                {
+                    self.learn_profile_from(&info);
+                }
+            }
+            tracing::info!(%user, container = %id, %state, "adopted host");
+        }
+        Ok(())
+    }
+
+    /// Remembers which profile a running host was created with, so `auto`
+    /// does not try `--privileged` again on an engine that refused it.
+    fn learn_profile_from(&self, info: &ContainerInspectResponse) {
+        if self.config.security_profile != SecurityProfile::Auto {
+            return;
+        }
+        let host = info.host_config.as_ref();
+        let profile = if host.and_then(|h| h.privileged).unwrap_or(false) {
+            Resolved::Privileged
+        } else if host
+            .and_then(|h| h.cap_add.as_ref())
+            .is_some_and(|caps| caps.iter().any(|c| c == "ALL"))
+        {
+            Resolved::Explicit
+        } else {
+            return;
+        };
+        let mut learned = self
+            .learned_profile
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        learned.get_or_insert(profile);
+    }
+
+    async fn stop_idle_hosts(self, timeout: Duration) {
+        // Check often enough that a host stops within ~20% of its timeout.
+        let tick = (timeout / 5).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            tokio::time::sleep(tick).await;
+            for user in self.activity.take_idle(timeout) {
+                let manager = self.clone();
+                tokio::spawn(async move {
+                    let stopped = manager.stop_if_idle(&user, timeout).await;
+                    manager.activity.stop_done(&user, stopped);
+                });
+            }
+        }
+    }
+
+    /// Stops `user`'s host if it is still idle once no login is bringing it
+    /// up; a login that arrives meanwhile waits, then starts it again.
+    /// Returns whether the host is stopped.
+    async fn stop_if_idle(&self, user: &UserName, timeout: Duration) -> bool {
+        let flight = self.flight(user);
+        let _guard = flight.lock().await;
+        if !self.activity.is_idle(user, timeout) {
+            return false;
+        }
+        if !self.is_running(&Self::container_name(user)).await {
+            return true;
+        }
+        tracing::info!(
+            %user,
+            idle_secs = timeout.as_secs(),
+            "host idle; stopping it cleanly"
+        );
+        match self.stop(user).await {
+            Ok(()) | Err(HostError::NoHost(_)) => {
+                tracing::info!(%user, "idle host stopped");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%user, "idle stop failed: {e}");
+                false
+            }
+        }
+    }
+
     /// Returns the user's running host: resumed if stopped, created if
     /// missing, waited on until its inner dockerd answers. Concurrent calls
     /// for one user share one provisioning.
     pub async fn ensure_running(&self, user: &UserName) -> Result<(Host, Readiness), HostError> {
         let run_dir = self.run_dir(user);
-        let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-            flights.entry(user.clone()).or_default().clone()
-        };
+        let flight = self.flight(user);
         let _guard = flight.lock().await;
 
         let name = Self::container_name(user);
@@ -203,10 +408,23 @@ impl HostManager {
         let (id, readiness) = match inspected {
             Ok(info) => {
                 let id = info.id.unwrap_or_else(|| name.clone());
-                let running = info
-                    .state
-                    .and_then(|s| s.status)
-                    .is_some_and(|s| s == ContainerStateStatusEnum::RUNNING);
+                let status = info.state.and_then(|s| s.status);
+                let running = status == Some(ContainerStateStatusEnum::RUNNING);
+                let half_made = matches!(
+                    status,
+                    Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::DEAD)
+                );
+                if half_made {
+                    // Never started (a gateway crash mid-provision) or
+                    // broken: re-create it; the volume is kept.
+                    tracing::warn!(%user, container = %id, ?status, "re-creating a half-made host");
+                    self.remove_container(user, &id).await?;
+                    self.prepare_run_dir(&run_dir)?;
+                    let id = self.create_and_start(user).await?;
+                    self.wait_ready(user, &id, &run_dir).await?;
+                    self.preload(user, &run_dir).await;
+                    return Ok((self.host(user, id), Readiness::Created));
+                }
                 if running {
                     if socket::ping(&run_dir, Duration::from_secs(2)).await.is_ok() {
                         return Ok((self.host(user, id), Readiness::WasRunning));
@@ -224,6 +442,7 @@ impl HostManager {
                 self.prepare_run_dir(&run_dir)?;
                 (self.create_and_start(user).await?, Readiness::Created)
             }
+
             Err(source) => {
                 return Err(HostError::Call {
                     action: "inspect the host",
@@ -233,7 +452,23 @@ impl HostManager {
             }
         };
         self.wait_ready(user, &id, &run_dir).await?;
+        if readiness == Readiness::Created {
+            self.preload(user, &run_dir).await;
+        }
         Ok((self.host(user, id), readiness))
+    }
+
+    /// Loads the configured images into a new host. A failure is logged and
+    /// the login goes on: the host works, it only lacks a convenience.
+    async fn preload(&self, user: &UserName, run_dir: &Path) {
+        if self.config.preload_images.is_empty() {
+            return;
+        }
+        let images = &self.config.preload_images;
+        match preload::preload(&self.docker, run_dir, user.as_str(), images).await {
+            Ok(n) => tracing::info!(%user, loaded = n, "preload done"),
+            Err(e) => tracing::warn!(%user, "preload failed: {e}"),
+        }
     }
 
     fn host(&self, user: &UserName, container_id: String) -> Host {
@@ -271,6 +506,10 @@ impl HostManager {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_USER.to_string(), user.to_string()),
+            (
+                LABEL_STATE_DIR.to_string(),
+                self.state_dir.display().to_string(),
+            ),
         ]);
         self.docker
             .create_volume(VolumeCreateRequest {
@@ -331,6 +570,16 @@ impl HostManager {
         labels: &HashMap<String, String>,
     ) -> Result<(), HostError> {
         let name = Self::network_name(user);
+        // Engines before API 1.44 accept a second network of the same name
+        // (and then refuse to attach to either): look before creating.
+        if self
+            .docker
+            .inspect_network(&name, None::<InspectNetworkOptions>)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
         let created = self
             .docker
             .create_network(NetworkCreateRequest {
@@ -362,6 +611,8 @@ impl HostManager {
         labels: &HashMap<String, String>,
     ) -> Result<String, HostError> {
         let run_dir = self.run_dir(user);
+        let settings = self.config.for_user(user.as_str());
+        let limit = |n: i64| Some(n).filter(|&n| n != 0);
         let mut host = HostConfig {
             mounts: Some(vec![Mount {
                 typ: Some(MountType::VOLUME),
@@ -372,17 +623,23 @@ impl HostManager {
             binds: Some(vec![format!("{}:/run/berth:rw", run_dir.display())]),
             network_mode: Some(Self::network_name(user)),
             runtime: self.config.runtime.clone(),
+            memory: limit(i64::try_from(settings.memory).unwrap_or(i64::MAX)),
+            memory_swap: limit(settings.memory_swap),
+            nano_cpus: limit((settings.cpus * 1e9).round() as i64),
+            pids_limit: limit(settings.pids_limit),
             ..Default::default()
         };
         profile.apply(&mut host);
+        let mut env = vec![format!(
+            "BERTH_DOCKERD_ARGS={}",
+            settings.dockerd_args.join(" ")
+        )];
+        env.extend(settings.env.iter().map(|(k, v)| format!("{k}={v}")));
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
             hostname: Some(user.to_string()),
             labels: Some(labels.clone()),
-            env: Some(vec![format!(
-                "BERTH_DOCKERD_ARGS={}",
-                self.config.dockerd_args.join(" ")
-            )]),
+            env: Some(env),
             stop_timeout: Some(self.config.stop_timeout.as_secs() as i64),
             stop_signal: Some("SIGTERM".into()),
             host_config: Some(host),
@@ -476,7 +733,8 @@ impl HostManager {
         line
     }
 
-    /// Lists every host berth manages on this engine.
+    /// Lists every host berth manages on this engine, with when it started
+    /// or stopped and its sessions.
     pub async fn list(&self) -> Result<Vec<HostSummary>, HostError> {
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -490,21 +748,87 @@ impl HostManager {
             .list_containers(Some(options))
             .await
             .map_err(HostError::Engine)?;
-        let mut rows: Vec<HostSummary> = containers
-            .into_iter()
-            .map(|c| HostSummary {
-                user: c
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_USER).cloned())
-                    .unwrap_or_default(),
-                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                container_id: c.id.unwrap_or_default(),
+        let mut rows = Vec::new();
+        for c in containers {
+            let user = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_USER).cloned())
+                .unwrap_or_default();
+            let id = c.id.unwrap_or_default();
+            let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            let since = self
+                .docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|info| info.state)
+                .and_then(|s| {
+                    if s.running.unwrap_or(false) {
+                        s.started_at
+                    } else {
+                        s.finished_at
+                    }
+                })
+                .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+                // Never-started containers report year 1.
+                .filter(|t| *t > SystemTime::UNIX_EPOCH);
+            let parsed = UserName::parse(&user).ok();
+            let sessions = parsed
+                .as_ref()
+                .and_then(|u| SessionRecord::read(&self.state_dir, u));
+            rows.push(HostSummary {
+                user,
+                state,
+                container_id: id,
                 status: c.status.unwrap_or_default(),
-            })
-            .collect();
+                since,
+                sessions,
+            });
+        }
         rows.sort_by(|a, b| a.user.cmp(&b.user));
         Ok(rows)
+    }
+
+    /// Sessions, execs and forwards open in `user`'s host now, as far as
+    /// this process can tell: those the running daemon recorded in the
+    /// state dir, or, if more, the execs running in the container (a daemon
+    /// with another state dir, or `docker exec` by hand).
+    pub async fn live_sessions(&self, user: &UserName) -> Result<usize, HostError> {
+        let recorded = SessionRecord::read(&self.state_dir, user)
+            .map_or(0, |r| r.live_sessions())
+            .max(self.activity.active(user));
+        let info = match self
+            .docker
+            .inspect_container(&Self::container_name(user), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => info,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(recorded),
+            Err(source) => {
+                return Err(HostError::Call {
+                    action: "inspect the host",
+                    user: user.clone(),
+                    source,
+                });
+            }
+        };
+        let mut execs = 0;
+        for exec in info.exec_ids.unwrap_or_default() {
+            let running = self
+                .docker
+                .inspect_exec(&exec)
+                .await
+                .ok()
+                .and_then(|e| e.running)
+                .unwrap_or(false);
+            if running {
+                execs += 1;
+            }
+        }
+        Ok(recorded.max(execs))
     }
 
     /// Stops a user's host cleanly: SIGTERM, then the configured grace.
@@ -554,8 +878,18 @@ impl HostManager {
             .await
     }
 
-    /// Removes a user's host, its volume and its network.
-    pub async fn purge(&self, user: &UserName) -> Result<(), HostError> {
+    /// Removes a user's host, its volume and its network. Refuses while the
+    /// host has live sessions unless `force`.
+    pub async fn purge(&self, user: &UserName, force: bool) -> Result<(), HostError> {
+        if !force {
+            let sessions = self.live_sessions(user).await?;
+            if sessions > 0 {
+                return Err(HostError::InUse {
+                    user: user.clone(),
+                    sessions,
+                });
+            }
+        }
         match self.remove(user).await {
             Ok(()) | Err(HostError::NoHost(_)) => {}
             Err(e) => return Err(e),

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use berth_keys::{Permissions, UserName};
+use berth_keys::{Certificate, Denied, Permissions, UserName};
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::Algorithm;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tracing::Instrument;
 
-use super::{Gateway, command, env, session};
+use super::{Gateway, env, forward, session};
+use crate::proxy::exec::InputBacklog;
 
 /// Who logged in on a connection, and what their key allows.
 #[derive(Debug, Clone)]
@@ -29,6 +30,10 @@ pub struct ConnectionHandler {
     peer: SocketAddr,
     span: tracing::Span,
     login: Option<Login>,
+    /// Session input received but not yet taken by commands; it decides
+    /// the windows granted (see `adjust_window`).
+    input_backlog: Arc<InputBacklog>,
+    full_window: u32,
 }
 
 impl ConnectionHandler {
@@ -38,24 +43,19 @@ impl ConnectionHandler {
             peer,
             span,
             login: None,
+            input_backlog: Arc::default(),
+            full_window: 0,
         }
     }
 
     /// The one key check behind both the offer and the signed request, so
     /// an accepted offer can never stand in for a login.
     fn check_key(&self, user: &str, key: &PublicKey, algorithm: &Algorithm) -> Option<Login> {
-        if *algorithm == (Algorithm::Rsa { hash: None }) {
-            tracing::info!(user, "refused ssh-rsa (SHA-1) signature");
+        let user = self.login_name(user, algorithm)?;
+        if let Err(denied) = self.not_revoked(key) {
+            tracing::info!(%user, "refused key: {denied}");
             return None;
         }
-        // An invalid name never reaches the disk or the engine.
-        let user = match UserName::parse(user) {
-            Ok(user) => user,
-            Err(e) => {
-                tracing::info!("refused login: {e}");
-                return None;
-            }
-        };
         let keys = match self.gateway.keys.authorized_keys(&user) {
             Ok(keys) => keys,
             Err(e) => {
@@ -66,10 +66,41 @@ impl ConnectionHandler {
         match keys.authorize(key, self.peer.ip(), SystemTime::now()) {
             Ok(permissions) => Some(Login { user, permissions }),
             Err(denied) => {
-                tracing::info!(%user, "refused key: {denied}");
+                tracing::debug!(%user, "key not accepted: {denied}");
                 None
             }
         }
+    }
+
+    /// The login name, if it is a valid user name and the signature
+    /// algorithm is acceptable. An invalid name never reaches the disk or
+    /// the engine.
+    fn login_name(&self, user: &str, algorithm: &Algorithm) -> Option<UserName> {
+        if *algorithm == (Algorithm::Rsa { hash: None }) {
+            tracing::info!(user, "refused ssh-rsa (SHA-1) signature");
+            return None;
+        }
+        match UserName::parse(user) {
+            Ok(user) => Some(user),
+            Err(e) => {
+                tracing::info!("refused login: {e}");
+                None
+            }
+        }
+    }
+
+    fn not_revoked(&self, key: &PublicKey) -> Result<(), Denied> {
+        match self.gateway.user_cas.revoked_keys() {
+            Some(revoked) => revoked.check_key(key),
+            None => Ok(()),
+        }
+    }
+
+    fn logged_in(&mut self, login: Login, what: &str) -> Auth {
+        self.span.record("user", login.user.as_str());
+        tracing::info!("logged in with {what}");
+        self.login = Some(login);
+        Auth::Accept
     }
 }
 
@@ -100,15 +131,52 @@ impl russh::server::Handler for ConnectionHandler {
     ) -> Result<Auth, Self::Error> {
         match self.check_key(user, key.public_key, key.algorithm) {
             Some(login) => {
-                self.span.record("user", login.user.as_str());
-                tracing::info!(
-                    fingerprint = %key.public_key.fingerprint(Default::default()),
-                    "logged in"
-                );
-                self.login = Some(login);
-                Ok(Auth::Accept)
+                let what = format!("key {}", key.public_key.fingerprint(Default::default()));
+                Ok(self.logged_in(login, &what))
             }
-            None => Ok(reject()),
+            None => {
+                tracing::info!(user, "refused key: not on file for this user");
+                Ok(reject())
+            }
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let Ok(login_name) = UserName::parse(user) else {
+            tracing::info!(user, "refused certificate: invalid user name");
+            return Ok(reject());
+        };
+        let decision = self.gateway.user_cas.authorize_certificate(
+            certificate,
+            &login_name,
+            self.peer.ip(),
+            SystemTime::now(),
+        );
+        match decision {
+            Ok(permissions) => {
+                let what = format!(
+                    "certificate '{}' serial {}",
+                    certificate.key_id(),
+                    certificate.serial()
+                );
+                let login = Login {
+                    user: login_name,
+                    permissions,
+                };
+                Ok(self.logged_in(login, &what))
+            }
+            Err(denied) => {
+                tracing::info!(
+                    user,
+                    key_id = certificate.key_id(),
+                    "refused certificate: {denied}"
+                );
+                Ok(reject())
+            }
         }
     }
 
@@ -116,7 +184,7 @@ impl russh::server::Handler for ConnectionHandler {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(login) = self.login.clone() else {
             reply
@@ -125,10 +193,12 @@ impl russh::server::Handler for ConnectionHandler {
             return Ok(());
         };
         let gateway = self.gateway.clone();
+        let handle = session.handle();
+        let backlog = self.input_backlog.clone();
         tokio::spawn(
             async move {
                 reply.accept().await;
-                session::run(gateway, login, channel).await;
+                session::run(gateway, login, channel, handle, backlog).await;
             }
             .instrument(self.span.clone()),
         );
@@ -143,19 +213,12 @@ impl russh::server::Handler for ConnectionHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(login) = self.login.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+            refuse_forward(reply, "not logged in").await;
             return Ok(());
         };
-        if !login.permissions.port_forwarding || !command::is_docker_socket_path(socket_path) {
-            tracing::info!(socket_path, "refused socket forward");
-            let gateway_reply = reply;
-            tokio::spawn(async move {
-                gateway_reply
-                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                    .await;
-            });
+        if let Err(refusal) = forward::decide_socket(&login.permissions, socket_path) {
+            tracing::info!(socket_path, "refused socket forward: {refusal}");
+            refuse_forward(reply, &refusal.to_string()).await;
             return Ok(());
         }
         let gateway = self.gateway.clone();
@@ -165,6 +228,81 @@ impl russh::server::Handler for ConnectionHandler {
             }
             .instrument(self.span.clone()),
         );
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            refuse_forward(reply, "not logged in").await;
+            return Ok(());
+        };
+        let decision = forward::decide_tcp(
+            &login.user,
+            &login.permissions,
+            &self.gateway.config.ssh.tcp_forward_allow,
+            host_to_connect,
+            port_to_connect,
+        );
+        let target = match decision {
+            Ok(target) => target,
+            Err(refusal) => {
+                tracing::info!(
+                    host = host_to_connect,
+                    port = port_to_connect,
+                    "refused port forward: {refusal}"
+                );
+                refuse_forward(reply, &refusal.to_string()).await;
+                return Ok(());
+            }
+        };
+        let gateway = self.gateway.clone();
+        tokio::spawn(
+            async move {
+                session::forward_tcp(gateway, login, channel, reply, target).await;
+            }
+            .instrument(self.span.clone()),
+        );
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!("refused x11 channel");
+        refuse_forward(reply, "X11 forwarding is not offered").await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(
+            host = host_to_connect,
+            port = port_to_connect,
+            "refused forwarded-tcpip channel"
+        );
+        refuse_forward(reply, "remote forwarding is not offered").await;
         Ok(())
     }
 
@@ -184,6 +322,15 @@ impl russh::server::Handler for ConnectionHandler {
             Some(login) if login.permissions.pty => session.channel_success(channel),
             _ => session.channel_failure(channel),
         }
+    }
+
+    /// russh re-grants a channel's window as data arrives, not as commands
+    /// consume it; while commands lag behind, grant small windows, so
+    /// clients wait instead of the gateway buffering (or stalling).
+    fn adjust_window(&mut self, _channel: ChannelId, current: u32) -> u32 {
+        // The first call brings the configured window; ours may be smaller.
+        self.full_window = self.full_window.max(current);
+        self.input_backlog.window(self.full_window)
     }
 
     async fn env_request(
@@ -259,7 +406,13 @@ impl russh::server::Handler for ConnectionHandler {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::info!(address, port = *port, "refused remote forwarding");
+        // `ssh -R` would open a listener somewhere on the gateway's side;
+        // berth's only door is SSH, so there is none to offer.
+        tracing::info!(
+            address,
+            port = *port,
+            "refused remote forwarding (-R): not offered by berth"
+        );
         Ok(false)
     }
 
@@ -268,7 +421,21 @@ impl russh::server::Handler for ConnectionHandler {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::info!(socket_path, "refused remote socket forwarding");
+        tracing::info!(
+            socket_path,
+            "refused remote socket forwarding (-R): not offered by berth"
+        );
         Ok(false)
     }
+}
+
+/// Refuses a channel open, telling the client why (OpenSSH prints the
+/// text after "open failed: administratively prohibited:").
+async fn refuse_forward(reply: ChannelOpenHandle, why: &str) {
+    reply
+        .reject(ChannelOpenFailure::Other {
+            code: ChannelOpenFailure::AdministrativelyProhibited.code(),
+            reason: format!("berth: {why}"),
+        })
+        .await;
 }

@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod env;
+pub mod forward;
 mod handler;
 pub mod hostkey;
 mod session;
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_keys::KeyStore;
+use berth_keys::{KeyStore, TrustedUserCas};
 use russh::MethodKind;
 use russh::MethodSet;
 use tokio::net::TcpListener;
@@ -31,6 +32,8 @@ pub struct Gateway {
     pub config: Config,
     /// Users and their keys.
     pub keys: KeyStore,
+    /// Trusted user CAs (possibly none) and the revoked-keys list.
+    pub user_cas: TrustedUserCas,
     /// Users' hosts.
     pub hosts: HostManager,
 }

@@ -2,17 +2,19 @@
 //! user's host is up, then hands the channel to a byte pump.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use russh::server::{ChannelOpenHandle, Msg};
+use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::command::{self, Command};
+use super::forward::TcpTarget;
 use super::handler::Login;
 use super::{Gateway, env};
 use crate::hosts::{Host, Readiness};
-use crate::proxy::exec::{self, ExecSpec, TermSize};
+use crate::proxy::exec::{self, ExecSpec, InputBacklog, TermSize};
 use crate::proxy::splice;
 
 /// The only subsystem berth serves.
@@ -32,8 +34,16 @@ struct Pty {
     size: TermSize,
 }
 
-/// Runs one session channel from its first request to its close.
-pub async fn run(gateway: Arc<Gateway>, login: Login, mut channel: Channel<Msg>) {
+/// Runs one session channel from its first request to its close. `handle`
+/// sends what a channel cannot (exit-signal).
+pub async fn run(
+    gateway: Arc<Gateway>,
+    login: Login,
+    mut channel: Channel<Msg>,
+    handle: Handle,
+    backlog: Arc<InputBacklog>,
+) {
+    let _active = gateway.hosts.activity(&login.user);
     let mut pty: Option<Pty> = None;
     let mut env_vars: Vec<String> = Vec::new();
     let request = loop {
@@ -87,6 +97,8 @@ pub async fn run(gateway: Arc<Gateway>, login: Login, mut channel: Channel<Msg>)
     };
 
     // A forced command (authorized_keys `command=`) replaces what was asked.
+    // Like sshd, berth passes signal requests to neither it nor a subsystem.
+    let signals = login.permissions.command.is_none() && !matches!(request, Request::Sftp);
     let request = match (&login.permissions.command, request) {
         (Some(forced), _) => Request::Exec(forced.clone()),
         (None, request) => request,
@@ -97,6 +109,7 @@ pub async fn run(gateway: Arc<Gateway>, login: Login, mut channel: Channel<Msg>)
     };
 
     let shell = gateway.config.ssh.shell.clone();
+    env_vars.push(format!("SHELL={shell}"));
     let cmd = match request {
         Request::Exec(line) => match command::classify(&line) {
             Command::DialStdio => {
@@ -129,9 +142,11 @@ pub async fn run(gateway: Arc<Gateway>, login: Login, mut channel: Channel<Msg>)
         cmd,
         env: env_vars,
         tty: pty.map(|p| p.size),
+        signals,
     };
     tracing::debug!(cmd = ?spec.cmd, tty = spec.tty.is_some(), "exec");
-    if let Err(e) = exec::run(gateway.hosts.docker(), &host.container_id, spec, channel).await {
+    let docker = gateway.hosts.docker();
+    if let Err(e) = exec::run(docker, &host.container_id, spec, channel, handle, backlog).await {
         tracing::warn!("{e}");
     }
 }
@@ -191,22 +206,100 @@ pub async fn forward_docker_socket(
     channel: Channel<Msg>,
     reply: ChannelOpenHandle,
 ) {
+    let _active = gateway.hosts.activity(&login.user);
     let host = match gateway.hosts.ensure_running(&login.user).await {
         Ok((host, _)) => host,
         Err(e) => {
             tracing::warn!("host not ready: {e}");
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
             return;
         }
     };
     match host.connect_docker().await {
         Ok(socket) => {
             reply.accept().await;
+            tracing::debug!("docker socket forward");
             let _ = splice::splice(channel, socket, None).await;
         }
         Err(e) => {
-            tracing::warn!("{e}");
-            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            tracing::warn!("refused socket forward: {e}");
+            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
         }
     }
+}
+
+/// How long a forward waits for its TCP target to accept.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves a `direct-tcpip` channel (`ssh -L PORT:localhost:HOSTPORT`):
+/// connects to the user's host at its address on its own network, or to a
+/// destination the operator allowed, and splices the channel onto it.
+pub async fn forward_tcp(
+    gateway: Arc<Gateway>,
+    login: Login,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+    target: TcpTarget,
+) {
+    let _active = gateway.hosts.activity(&login.user);
+    let host = match gateway.hosts.ensure_running(&login.user).await {
+        Ok((host, _)) => host,
+        Err(e) => {
+            tracing::warn!("host not ready: {e}");
+            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
+            return;
+        }
+    };
+    let (addr, shown) = match target {
+        TcpTarget::Host { port } => match gateway.hosts.host_address(&host).await {
+            Ok(Some(ip)) => (
+                (ip.to_string(), port),
+                format!("port {port} of your host ({ip})"),
+            ),
+            Ok(None) => {
+                let why = "your host has no address on its network";
+                tracing::warn!("refused port forward: {why}");
+                reject_forward(reply, ChannelOpenFailure::ConnectFailed, why).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("refused port forward: {e}");
+                reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
+                return;
+            }
+        },
+        TcpTarget::Allowed { host, port } => {
+            let shown = format!("{host}:{port}");
+            ((host, port), shown)
+        }
+    };
+    let connect = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr));
+    match connect.await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            reply.accept().await;
+            tracing::debug!("port forward to {shown}");
+            let _ = splice::splice(channel, stream, None).await;
+        }
+        Ok(Err(e)) => {
+            let why = format!("cannot connect to {shown}: {e}");
+            tracing::info!("port forward failed: {why}");
+            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &why).await;
+        }
+        Err(_) => {
+            let why = format!("cannot connect to {shown}: no answer in {TCP_CONNECT_TIMEOUT:?}");
+            tracing::info!("port forward failed: {why}");
+            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &why).await;
+        }
+    }
+}
+
+/// Refuses a forward's channel with `why` as the text the client prints.
+async fn reject_forward(reply: ChannelOpenHandle, failure: ChannelOpenFailure, why: &str) {
+    reply
+        .reject(ChannelOpenFailure::Other {
+            code: failure.code(),
+            reason: format!("berth: {why}"),
+        })
+        .await;
 }
