@@ -116,12 +116,24 @@ impl russh::server::Handler for ConnectionHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(
-            match self.check_key(user, offer.public_key, offer.algorithm) {
-                Some(_) => Auth::Accept,
-                None => reject(),
-            },
-        )
+        if self
+            .check_key(user, offer.public_key, offer.algorithm)
+            .is_some()
+        {
+            return Ok(Auth::Accept);
+        }
+        // russh shows a certificate's offer as its bare key, so with user
+        // CAs configured a key not on file may still carry a certificate:
+        // let the client prove possession, then `auth_openssh_certificate`
+        // decides. A plain key not on file still fails in `auth_publickey`.
+        let may_be_certificate = !self.gateway.user_cas.cas().is_empty()
+            && self.login_name(user, offer.algorithm).is_some()
+            && self.not_revoked(offer.public_key).is_ok();
+        Ok(if may_be_certificate {
+            Auth::Accept
+        } else {
+            reject()
+        })
     }
 
     async fn auth_publickey(
