@@ -14,6 +14,16 @@ const RSS_BOUND_KIB: u64 = 128 * 1024;
 
 const GIB: &str = "1073741824";
 
+/// The gigabyte streams run one at a time: three of them at once saturate
+/// this suite's 2-core machines, and the memory bound is about one stream.
+static ONE_STREAM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_stream_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_STREAM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn bash(script: &str) -> std::process::Output {
     Command::new("bash")
         .args(["-o", "pipefail", "-c", script])
@@ -45,6 +55,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_gigabyte_streams_both_ways_at_once_with_bounded_gateway_memory() {
+    let _turn = one_stream_at_a_time();
     let mut gateway = Gateway::start();
     let alice = gateway.new_user();
     alice.ssh_ok("true");
@@ -68,6 +79,7 @@ fn a_gigabyte_streams_both_ways_at_once_with_bounded_gateway_memory() {
 
 #[test]
 fn a_gigabyte_of_stdin_reaches_the_command_and_its_end_too() {
+    let _turn = one_stream_at_a_time();
     let mut gateway = Gateway::start();
     let alice = gateway.new_user();
     let ssh = ssh_line(&alice);
@@ -82,6 +94,7 @@ fn a_gigabyte_of_stdin_reaches_the_command_and_its_end_too() {
 
 #[test]
 fn a_gigabyte_of_stdout_arrives_intact_with_stderr_kept_apart() {
+    let _turn = one_stream_at_a_time();
     let mut gateway = Gateway::start();
     let alice = gateway.new_user();
     let ssh = ssh_line(&alice);
