@@ -95,3 +95,23 @@ fn the_first_login_says_on_stderr_that_the_host_was_created() {
     let again = alice.ssh("echo hi");
     assert_eq!(stderr(&again), "", "a warm login printed progress");
 }
+
+#[test]
+fn each_modern_cipher_openssh_offers_is_accepted() {
+    let mut gateway = Gateway::start();
+    let alice = gateway.new_user();
+    for cipher in [
+        "chacha20-poly1305@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes128-ctr",
+    ] {
+        let out = alice
+            .ssh_command()
+            .args(["-c", cipher, "echo ok"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ssh");
+        assert_eq!(stdout(&out), "ok", "{cipher}: {}", stderr(&out));
+    }
+}

@@ -22,6 +22,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 /// Bytes from the client one channel may hold while its socket catches up.
 pub const PIPE_CAPACITY: usize = 16 * 1024 * 1024;
 
+/// Read size from the socket towards the client.
+const SOCKET_READ_SIZE: usize = 64 * 1024;
+
 /// Pumps `channel` <-> `socket`.
 ///
 /// Channel EOF (or close) shuts down the socket's write side; socket EOF
@@ -39,7 +42,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (from_client, to_client) = channel.split();
-    let (mut socket_read, socket_write) = tokio::io::split(socket);
+    let (socket_read, socket_write) = tokio::io::split(socket);
 
     let (pipe_tx, pipe_rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(PIPE_CAPACITY));
@@ -50,7 +53,10 @@ where
 
     let downstream = async {
         let mut writer = to_client.make_writer();
-        let copied = tokio::io::copy(&mut socket_read, &mut writer).await;
+        // 64 KiB reads: tokio::io::copy's 8 KiB turns a bulk transfer
+        // (docker load/save) into many small SSH packets and wakeups.
+        let mut socket_read = tokio::io::BufReader::with_capacity(SOCKET_READ_SIZE, socket_read);
+        let copied = tokio::io::copy_buf(&mut socket_read, &mut writer).await;
         let _ = writer.flush().await;
         drop(writer);
         let _ = to_client.eof().await;

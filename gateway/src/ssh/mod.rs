@@ -69,6 +69,18 @@ fn russh_config(gateway: &Gateway, host_key: russh::keys::PrivateKey) -> russh::
         maximum_packet_size: 65535,
         event_buffer_size: 100,
         channel_buffer_size: 256,
+        preferred: russh::Preferred {
+            // russh's default list lacks aes128-gcm, which OpenSSH offers.
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::AES_256_CTR,
+                russh::cipher::AES_192_CTR,
+                russh::cipher::AES_128_CTR,
+            ]),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

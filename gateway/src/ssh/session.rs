@@ -207,13 +207,8 @@ pub async fn forward_docker_socket(
     reply: ChannelOpenHandle,
 ) {
     let _active = gateway.hosts.activity(&login.user);
-    let host = match gateway.hosts.ensure_running(&login.user).await {
-        Ok((host, _)) => host,
-        Err(e) => {
-            tracing::warn!("host not ready: {e}");
-            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
-            return;
-        }
+    let Some((host, reply)) = host_for_forward(&gateway, &login, reply).await else {
+        return;
     };
     match host.connect_docker().await {
         Ok(socket) => {
@@ -242,13 +237,8 @@ pub async fn forward_tcp(
     target: TcpTarget,
 ) {
     let _active = gateway.hosts.activity(&login.user);
-    let host = match gateway.hosts.ensure_running(&login.user).await {
-        Ok((host, _)) => host,
-        Err(e) => {
-            tracing::warn!("host not ready: {e}");
-            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
-            return;
-        }
+    let Some((host, reply)) = host_for_forward(&gateway, &login, reply).await else {
+        return;
     };
     let (addr, shown) = match target {
         TcpTarget::Host { port } => match gateway.hosts.host_address(&host).await {
@@ -295,6 +285,22 @@ pub async fn forward_tcp(
 }
 
 /// Refuses a forward's channel with `why` as the text the client prints.
+/// The user's running host for a forward, or the forward refused with why.
+async fn host_for_forward(
+    gateway: &Gateway,
+    login: &Login,
+    reply: ChannelOpenHandle,
+) -> Option<(Host, ChannelOpenHandle)> {
+    match gateway.hosts.ensure_running(&login.user).await {
+        Ok((host, _)) => Some((host, reply)),
+        Err(e) => {
+            tracing::warn!("host not ready: {e}");
+            reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
+            None
+        }
+    }
+}
+
 async fn reject_forward(reply: ChannelOpenHandle, failure: ChannelOpenFailure, why: &str) {
     reply
         .reject(ChannelOpenFailure::Other {
