@@ -278,26 +278,32 @@ impl HostManager {
         Ok(Lifecycle { task: Some(task) })
     }
 
+    /// Containers (running or not) carrying every one of `labels`.
+    async fn managed_containers(
+        &self,
+        labels: Vec<String>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, HostError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label", labels)]))
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(HostError::Engine)
+    }
+
     /// Finds berth's hosts on the engine by label and resumes tracking them:
     /// running ones start their idle clock now. Fixed names mean a user never
     /// gets a second container or volume; half-made containers are repaired
     /// at the next login.
     async fn adopt(&self) -> Result<(), HostError> {
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&HashMap::from([(
-                "label",
-                vec![
-                    format!("{LABEL_MANAGED}=true"),
-                    format!("{LABEL_STATE_DIR}={}", self.state_dir.display()),
-                ],
-            )]))
-            .build();
         let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(HostError::Engine)?;
+            .managed_containers(vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_STATE_DIR}={}", self.state_dir.display()),
+            ])
+            .await?;
         for c in containers {
             let label = c.labels.as_ref().and_then(|l| l.get(LABEL_USER));
             let Some(user) = label.and_then(|u| UserName::parse(u).ok()) else {
@@ -736,18 +742,9 @@ impl HostManager {
     /// Lists every host berth manages on this engine, with when it started
     /// or stopped and its sessions.
     pub async fn list(&self) -> Result<Vec<HostSummary>, HostError> {
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&HashMap::from([(
-                "label",
-                vec![format!("{LABEL_MANAGED}=true")],
-            )]))
-            .build();
         let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(HostError::Engine)?;
+            .managed_containers(vec![format!("{LABEL_MANAGED}=true")])
+            .await?;
         let mut rows = Vec::new();
         for c in containers {
             let user = c
