@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -403,62 +402,4 @@ impl Drop for Forward {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A python3 that has docker-py and paramiko: the one on PATH if it does,
-/// else a virtualenv under target/ made once with pip.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let has_sdk = |python: &Path| {
-            Command::new(python)
-                .args(["-c", "import docker, paramiko"])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let system = PathBuf::from("python3");
-        if has_sdk(&system) {
-            return system;
-        }
-        let venv = repo().join("target/test-python");
-        let python = venv.join("bin/python3");
-        if !has_sdk(&python) {
-            let status = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .expect("run python3 -m venv");
-            assert!(
-                status.success(),
-                "python3 -m venv failed (apt install python3-venv)"
-            );
-            let status = Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "docker", "paramiko"])
-                .status()
-                .expect("run pip");
-            assert!(status.success(), "pip install docker paramiko failed");
-        }
-        python
-    })
-}
-
-/// Runs a Python script (from stdin) with `args`, HOME at the client home.
-fn run_python(client: &ClientHome, script: &str, args: &[&str]) -> Output {
-    let mut child = client
-        .command(python().to_str().unwrap())
-        .arg("-")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }

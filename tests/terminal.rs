@@ -281,3 +281,84 @@ impl Drop for Tmux {
             .status();
     }
 }
+
+/// SSH `signal` requests, as SSH libraries send them (OpenSSH's client has
+/// no way to): a trapped signal runs the trap, an untrapped one ends the
+/// command and comes back as an exit-signal.
+#[test]
+fn signal_requests_reach_the_command() {
+    let mut gateway = Gateway::start();
+    let alice = gateway.new_user();
+    alice.ssh_ok("true");
+    let client = alice.client_home();
+    let out = run_python(
+        &client,
+        r#"
+import sys, time, paramiko
+from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_REQUEST
+host, port, user, key, known = sys.argv[1:6]
+
+# paramiko reads exit-status only; note every exit-signal as it arrives.
+exit_signals = []
+handle_request = paramiko.Channel._handle_request
+def spy(self, m):
+    pos = m.packet.tell()
+    if m.get_text() == "exit-signal":
+        m.get_boolean()
+        exit_signals.append(m.get_text())
+    m.packet.seek(pos)
+    return handle_request(self, m)
+paramiko.Transport._channel_handler_table[MSG_CHANNEL_REQUEST] = spy
+
+ssh = paramiko.SSHClient()
+ssh.load_host_keys(known)
+ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
+ssh.connect(host, int(port), user, key_filename=key, allow_agent=False, look_for_keys=False)
+
+def signal(ch, name):
+    m = paramiko.Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(ch.remote_chanid)
+    m.add_string("signal")
+    m.add_boolean(False)
+    m.add_string(name)
+    ch.transport._send_user_message(m)
+
+def started(command):
+    ch = ssh.get_transport().open_session(timeout=30)
+    ch.settimeout(60)
+    ch.exec_command(command)
+    f = ch.makefile("rb")
+    assert f.readline() == b"ready\n"
+    return ch, f
+
+ch, f = started("trap 'echo got USR1; exit 7' USR1; echo ready; while :; do sleep 0.1; done")
+signal(ch, "USR1")
+assert f.readline() == b"got USR1\n"
+assert ch.recv_exit_status() == 7
+print("trapped")
+
+ch, f = started("echo ready; exec sleep 60")
+begun = time.time()
+signal(ch, "TERM")
+status = ch.recv_exit_status()
+assert time.time() - begun < 30, "the command outlived SIGTERM"
+assert status == -1, "an exit status (%d) instead of an exit-signal" % status
+assert exit_signals == ["TERM"], exit_signals
+print("ended by TERM")
+"#,
+        &[
+            "127.0.0.1",
+            &alice.addr.port().to_string(),
+            &alice.name,
+            alice.key.private.to_str().unwrap(),
+            client.dir.path().join(".ssh/known_hosts").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        "trapped\nended by TERM",
+        "stderr: {}",
+        stderr(&out)
+    );
+}

@@ -586,3 +586,65 @@ impl ClientHome {
         stdout(&out)
     }
 }
+
+/// A python3 that has docker-py and paramiko: the one on PATH if it does,
+/// else a virtualenv under target/ made once with pip.
+pub fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let has_sdk = |python: &Path| {
+            Command::new(python)
+                .args(["-c", "import docker, paramiko"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let system = PathBuf::from("python3");
+        if has_sdk(&system) {
+            return system;
+        }
+        let venv = repo().join("target/test-python");
+        let python = venv.join("bin/python3");
+        // Test binaries may run at once: one of them makes the virtualenv.
+        let lock = std::fs::File::create(repo().join("target/test-python.lock"))
+            .expect("create the virtualenv lock");
+        lock.lock().expect("lock the virtualenv");
+        if !has_sdk(&python) {
+            let status = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("run python3 -m venv");
+            assert!(
+                status.success(),
+                "python3 -m venv failed (apt install python3-venv)"
+            );
+            let status = Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "docker", "paramiko"])
+                .status()
+                .expect("run pip");
+            assert!(status.success(), "pip install docker paramiko failed");
+        }
+        python
+    })
+}
+
+/// Runs a Python script (from stdin) with `args`, HOME at the client home.
+pub fn run_python(client: &ClientHome, script: &str, args: &[&str]) -> Output {
+    let mut child = client
+        .command(python().to_str().unwrap())
+        .arg("-")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}

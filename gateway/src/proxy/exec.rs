@@ -56,34 +56,65 @@ pub struct ExecSpec {
 }
 
 /// Client input received on one connection but not yet taken by the
-/// commands. russh re-opens a channel's window as soon as data arrives,
-/// whatever the command has consumed, so this count is what lets the
-/// connection shrink the window it grants (see [`InputBacklog::window`])
-/// instead of queueing without end or stalling the connection.
+/// commands.
+///
+/// russh grants a channel's window again as data arrives, not as commands
+/// consume it, so the window alone bounds only the rate, not the amount
+/// queued. While this backlog is above [`InputBacklog::HIGH`] the
+/// connection therefore grants a token window ([`InputBacklog::window`]):
+/// the client soon runs out and waits, and each session's reader takes the
+/// client's packets slowly ([`InputBacklog::wait_while_high`]), so the
+/// trickle costs neither memory nor CPU. What queues is bounded by `HIGH`
+/// plus the windows granted before the backlog rose above it.
 #[derive(Debug, Default)]
-pub struct InputBacklog(AtomicUsize);
+pub struct InputBacklog {
+    queued: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
 
 impl InputBacklog {
-    /// Backlog above which the connection grants only small windows.
+    /// Backlog above which the connection stops granting real windows.
     const HIGH: usize = 4 * 1024 * 1024;
-    /// The small window.
-    const SMALL: u32 = 64 * 1024;
+    /// The token window granted meanwhile. russh grants a new window when
+    /// less than half the target is left, so the client sends a packet of
+    /// this size each time its window is used up; the readers' pace
+    /// ([`Self::PAUSED_PACE`]) decides how often that is.
+    const TOKEN: u32 = 2;
+    /// How long a session's reader waits for the backlog to drain before
+    /// it takes the next packet anyway.
+    const PAUSED_PACE: Duration = Duration::from_millis(10);
 
     /// The window to grant next, given the configured `full` window.
     pub fn window(&self, full: u32) -> u32 {
-        if self.0.load(Ordering::Relaxed) > Self::HIGH {
-            Self::SMALL.min(full)
+        if self.is_high() {
+            Self::TOKEN.min(full)
         } else {
             full
         }
     }
 
+    fn is_high(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > Self::HIGH
+    }
+
+    /// While the backlog is high, waits until it drains or for
+    /// [`Self::PAUSED_PACE`], whichever comes first.
+    async fn wait_while_high(&self) {
+        let drained = self.drained.notified();
+        if self.is_high() {
+            let _ = tokio::time::timeout(Self::PAUSED_PACE, drained).await;
+        }
+    }
+
     fn add(&self, n: usize) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.queued.fetch_add(n, Ordering::Relaxed);
     }
 
     fn take(&self, n: usize) {
-        self.0.fetch_sub(n, Ordering::Relaxed);
+        let before = self.queued.fetch_sub(n, Ordering::Relaxed);
+        if before > Self::HIGH && before - n <= Self::HIGH {
+            self.drained.notify_waiters();
+        }
     }
 }
 
@@ -205,8 +236,9 @@ pub async fn run(
     // a bounded queue and stops reading the connection while that queue is
     // full, window adjustments included: a command not reading its stdin
     // would then stall its own output (and every other channel). So the
-    // queue is always drained at once into `stdin_tx`, and what that holds
-    // is bounded by the window the connection grants (`InputBacklog`).
+    // queue is drained into `stdin_tx`, at once while the connection's
+    // backlog is low and at a slow pace while it is high, and what that
+    // holds is bounded by the windows the connection grants (`InputBacklog`).
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Bytes>>();
     let session_backlog = Arc::new(SessionBacklog {
         connection: backlog,
@@ -234,7 +266,11 @@ pub async fn run(
     };
     let drain = async move {
         let mut stdin_open = true;
-        while let Some(msg) = from_client.wait().await {
+        loop {
+            drain_backlog.connection.wait_while_high().await;
+            let Some(msg) = from_client.wait().await else {
+                break;
+            };
             match msg {
                 ChannelMsg::Data { data } if stdin_open => {
                     let n = data.len();

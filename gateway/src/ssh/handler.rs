@@ -337,7 +337,7 @@ impl russh::server::Handler for ConnectionHandler {
     }
 
     /// russh re-grants a channel's window as data arrives, not as commands
-    /// consume it; while commands lag behind, grant small windows, so
+    /// consume it; while commands lag behind, grant token windows, so
     /// clients wait instead of the gateway buffering (or stalling).
     fn adjust_window(&mut self, _channel: ChannelId, current: u32) -> u32 {
         // The first call brings the configured window; ours may be smaller.
