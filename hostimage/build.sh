@@ -165,9 +165,24 @@ main() {
 	if [[ -z ${DOCKER_BUILDKIT:-} ]] && ! docker buildx version >/dev/null 2>&1; then
 		export DOCKER_BUILDKIT=0
 	fi
+	build_agent
 	say "building $IMAGE"
 	docker build -t "$IMAGE" "$HERE" </dev/null >&2
 	say "built $IMAGE in $((SECONDS - t0)) s"
+}
+
+# berth-agent, linked statically (it runs on the image's libc, not ours), into
+# the build context. Its own target dir: this may run under `cargo test`,
+# which holds the workspace's.
+build_agent() {
+	local triple
+	command -v cargo >/dev/null 2>&1 || die "cargo is needed to build berth-agent"
+	triple=$(rustc -vV | awk '$1 == "host:" { print $2 }')
+	say "building berth-agent ($triple, static)"
+	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
+		--manifest-path "$HERE/../Cargo.toml" -p berth-agent \
+		--target "$triple" --target-dir "$HERE/../target/hostimage" >&2
+	install -m 0755 "$HERE/../target/hostimage/$triple/release/berth-agent" "$HERE/berth-agent"
 }
 
 main "$@"

@@ -127,6 +127,12 @@ impl Host {
     pub async fn connect_docker(&self) -> Result<UnixStream, HostError> {
         Ok(socket::connect(&self.run_dir).await?)
     }
+
+    /// The directory shared with the host as `/run/berth` (the inner
+    /// Docker socket and the agent's socket).
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.run_dir
+    }
 }
 
 /// One row of `berth host list`.
@@ -493,11 +499,14 @@ impl HostManager {
             source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
-        match std::fs::remove_file(dir.join(socket::SOCKET_NAME)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(e)),
+        for name in [socket::SOCKET_NAME, berth_agent::SOCKET_NAME] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(e)),
+            }
         }
+        Ok(())
     }
 
     async fn create_and_start(&self, user: &UserName) -> Result<String, HostError> {

@@ -46,7 +46,13 @@ pub enum SocketError {
 
 /// Connects to `dir/docker.sock`, refusing anything that is not a socket.
 pub async fn connect(dir: &Path) -> Result<UnixStream, SocketError> {
-    let path = dir.join(SOCKET_NAME);
+    connect_named(dir, SOCKET_NAME).await
+}
+
+/// Connects to the socket `dir/name`, refusing anything that is not a
+/// socket (the same care as for the Docker socket).
+pub async fn connect_named(dir: &Path, name: &str) -> Result<UnixStream, SocketError> {
+    let path = dir.join(name);
     let handle = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)

@@ -1,18 +1,23 @@
-//! Runs a session's command in a host through the engine's exec API and
-//! pumps its stdio to an SSH channel: stdin from channel data (EOF closes
-//! it), stdout as channel data, stderr as extended data 1, then EOF,
-//! exit-status or exit-signal, close. Also delivers `signal` requests and
-//! window changes, and hangs the command up when the client goes away.
+//! Runs a session's command in a host and pumps its stdio to an SSH
+//! channel: stdin from channel data (EOF closes it), stdout as channel
+//! data, stderr as extended data 1, then EOF, exit-status or exit-signal,
+//! close. Also delivers `signal` requests and window changes, and hangs the
+//! command up when the client goes away.
 //!
-//! Every command runs under `berth-session` (in the host image), which
+//! Commands start through the host's `berth-agent` ([`super::agent`]):
+//! the command's stdio are pipes (or a terminal) shared with the gateway,
+//! so no byte passes through the engine, and the agent reports exit codes
+//! and signals as the kernel gave them.
+//!
+//! Hosts without an agent (custom images) get the engine's exec API. There
+//! every command runs under `berth-session` (in the host image), which
 //! records how it ended — the engine reports an exit code only, and
 //! "killed by SIGKILL" and `exit 137` both read 137 there — and knows its
 //! pid, for signals and for the hang-up (the engine cannot signal an exec).
-//! Images without it still run commands, without those three.
-//!
-//! The exec's output stream is read straight off the hijacked engine
-//! connection: bollard's decoder guesses framed or raw per chunk from its
-//! first byte, which a terminal's output starting with 0x00-0x02 defeats.
+//! Images with neither still run commands, without those three. The exec's
+//! output stream is read straight off the hijacked engine connection:
+//! bollard's decoder guesses framed or raw per chunk from its first byte,
+//! which a terminal's output starting with 0x00-0x02 defeats.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +35,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use russh::server::{Handle, Msg};
 use russh::{ChannelId, ChannelMsg, Sig};
+
+use super::agent::{self, AgentError};
+use crate::hosts::Host;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Terminal size in characters.
@@ -182,56 +190,62 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 /// reports how it ended.
 pub async fn run(
     docker: &Docker,
-    container: &str,
+    host: &Host,
     spec: ExecSpec,
     channel: russh::Channel<Msg>,
     handle: Handle,
     backlog: Arc<InputBacklog>,
 ) -> Result<(), ExecError> {
     let tty = spec.tty.is_some();
-    let session_id = session_id();
-    let mut cmd = vec![
-        "/bin/sh".to_string(),
-        "-c".into(),
-        TRAMPOLINE.into(),
-        "berth-session".into(),
-        session_id.clone(),
-    ];
-    cmd.extend(spec.cmd);
-    let config = ExecConfig {
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        tty: Some(tty),
-        env: Some(spec.env),
-        cmd: Some(cmd),
-        console_size: spec
-            .tty
-            .map(|size| vec![size.rows as usize, size.cols as usize]),
-        ..Default::default()
+    let signals = spec.signals;
+    let request = berth_agent::Request {
+        argv: spec.cmd.clone(),
+        env: spec.env.clone(),
+        tty: spec.tty.map(|size| {
+            (
+                size.cols.min(u16::MAX.into()) as u16,
+                size.rows.min(u16::MAX.into()) as u16,
+            )
+        }),
     };
-    let exec_id = docker.create_exec(container, config).await?.id;
-    let (output, mut input) = attach(docker, &exec_id, tty).await?;
-    if let Some(size) = spec.tty {
-        // Engines before API 1.42 ignore the size given at create; set it
-        // once the exec runs, as the docker CLI does.
-        let docker = docker.clone();
-        let exec_id = exec_id.clone();
-        tokio::spawn(async move { resize(&docker, &exec_id, size).await });
-    }
+    let (output, mut input, steer, finish) = match agent::start(host.run_dir(), &request).await {
+        Ok(Some(started)) => {
+            let output = match started.stderr {
+                Some(stderr) => Output::Split(started.stdout, stderr),
+                None => Output::Raw(started.stdout),
+            };
+            let steer = Steer::Agent(started.control.sender());
+            (output, started.stdin, steer, Finish::Agent(started.control))
+        }
+        Err(AgentError::Refused(text)) => {
+            let mut stderr = channel.make_writer_ext(Some(1));
+            let _ = stderr
+                .write_all(format!("berth: {text}\n").as_bytes())
+                .await;
+            let _ = channel.exit_status(127).await;
+            let _ = channel.eof().await;
+            let _ = channel.close().await;
+            return Ok(());
+        }
+        found => {
+            if let Err(e) = found {
+                tracing::warn!("host agent failed ({e}); using the engine's exec");
+            }
+            let (output, input, control) = start_exec(docker, &host.container_id, spec).await?;
+            (
+                output,
+                input,
+                Steer::Exec(control.clone()),
+                Finish::Exec(control),
+            )
+        }
+    };
     let channel_id = channel.id();
     let (mut from_client, to_client) = channel.split();
 
     // Input and output pump independently: a command blocked writing
     // output must never wait on us writing its input, or the reverse.
-    let control = Control {
-        docker: docker.clone(),
-        container: container.to_string(),
-        session_id: session_id.clone(),
-    };
-    let input_control = control.clone();
-    let resize_id = exec_id.clone();
-    let signals = spec.signals;
+    let input_steer = steer;
     // The connection's session loop hands us the client's packets through
     // a bounded queue and stops reading the connection while that queue is
     // full, window adjustments included: a command not reading its stdin
@@ -254,13 +268,18 @@ pub async fn run(
                     writer_backlog.take(data.len());
                     written
                 }
-                None => input.shutdown().await,
+                None => {
+                    let _ = input.shutdown().await;
+                    break;
+                }
             };
             if written.is_err() {
                 break;
             }
         }
         stdin_rx.close();
+        // Closes the command's stdin (a pipe ends only when closed).
+        drop(input);
         // A closed stdin is no reason to stop the session.
         std::future::pending::<()>().await
     };
@@ -295,13 +314,12 @@ pub async fn run(
                         cols: col_width,
                         rows: row_height,
                     };
-                    let docker = input_control.docker.clone();
-                    let exec_id = resize_id.clone();
-                    tokio::spawn(async move { resize(&docker, &exec_id, size).await });
+                    let steer = input_steer.clone();
+                    tokio::spawn(async move { steer.resize(size).await });
                 }
                 ChannelMsg::Signal { signal } if signals => {
-                    let control = input_control.clone();
-                    tokio::spawn(async move { control.signal(&signal).await });
+                    let steer = input_steer.clone();
+                    tokio::spawn(async move { steer.signal(&signal).await });
                 }
                 ChannelMsg::Close => break,
                 _ => {}
@@ -342,16 +360,13 @@ pub async fn run(
     };
     if !finished {
         tracing::debug!("client went away; hanging up the command");
-        tokio::spawn(async move { control.hangup().await });
+        tokio::spawn(finish.hangup());
         return Ok(());
     }
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
 
-    let ending = match exit_code(docker, &exec_id).await {
-        code @ 129..=192 => control.ending(code).await,
-        code => Ending::Status(code),
-    };
+    let ending = finish.ending().await;
     let _ = to_client.eof().await;
     match ending {
         Ending::Status(code) => {
@@ -387,6 +402,115 @@ fn session_id() -> String {
         .collect()
 }
 
+/// Starts `spec` with the engine's exec API: for images without the agent.
+async fn start_exec(
+    docker: &Docker,
+    container: &str,
+    spec: ExecSpec,
+) -> Result<(Output, Writer, Control), ExecError> {
+    let tty = spec.tty.is_some();
+    let session_id = session_id();
+    let mut cmd = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        TRAMPOLINE.into(),
+        "berth-session".into(),
+        session_id.clone(),
+    ];
+    cmd.extend(spec.cmd);
+    let config = ExecConfig {
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(tty),
+        env: Some(spec.env),
+        cmd: Some(cmd),
+        console_size: spec
+            .tty
+            .map(|size| vec![size.rows as usize, size.cols as usize]),
+        ..Default::default()
+    };
+    let exec_id = docker.create_exec(container, config).await?.id;
+    let (output, input) = attach(docker, &exec_id, tty).await?;
+    if let Some(size) = spec.tty {
+        // Engines before API 1.42 ignore the size given at create; set it
+        // once the exec runs, as the docker CLI does.
+        let docker = docker.clone();
+        let exec_id = exec_id.clone();
+        tokio::spawn(async move { resize(&docker, &exec_id, size).await });
+    }
+    let control = Control {
+        docker: docker.clone(),
+        container: container.to_string(),
+        session_id,
+        exec_id,
+    };
+    Ok((output, input, control))
+}
+
+/// Steers a running command: resizes and signals.
+#[derive(Clone)]
+enum Steer {
+    Exec(Control),
+    Agent(agent::ControlSender),
+}
+
+impl Steer {
+    async fn resize(&self, size: TermSize) {
+        match self {
+            Steer::Exec(control) => resize(&control.docker, &control.exec_id, size).await,
+            Steer::Agent(sender) => sender.resize(size.cols, size.rows).await,
+        }
+    }
+
+    async fn signal(&self, signal: &Sig) {
+        let Some(name) = signal_request_name(signal) else {
+            tracing::debug!(?signal, "ignored signal request with an invalid name");
+            return;
+        };
+        match self {
+            Steer::Exec(control) => control.signal(&name).await,
+            Steer::Agent(sender) => sender.signal(&name).await,
+        }
+    }
+}
+
+/// Learns how the command ended, or hangs it up.
+enum Finish {
+    Exec(Control),
+    Agent(agent::Control),
+}
+
+impl Finish {
+    async fn ending(self) -> Ending {
+        match self {
+            Finish::Exec(control) => match exit_code(&control.docker, &control.exec_id).await {
+                code @ 129..=192 => control.ending(code).await,
+                code => Ending::Status(code),
+            },
+            Finish::Agent(control) => match control.ending().await {
+                berth_agent::Ending::Exit(code) => Ending::Status(code),
+                berth_agent::Ending::Signal {
+                    number,
+                    core_dumped,
+                } => Ending::Signal {
+                    number,
+                    core_dumped,
+                },
+            },
+        }
+    }
+
+    /// The client went away: SIGHUP (then SIGKILL) for the session.
+    async fn hangup(self) {
+        match self {
+            Finish::Exec(control) => control.hangup().await,
+            // The agent hangs the command up when its connection closes.
+            Finish::Agent(control) => drop(control),
+        }
+    }
+}
+
 /// Resolves when the SSH connection is gone. Needed because a command that
 /// neither reads its input nor writes output gives no other sign.
 async fn client_gone(handle: &Handle, channel: ChannelId) {
@@ -408,6 +532,8 @@ type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 /// reached through TLS and the like) bollard's decoded stream.
 enum Output {
     Raw(Reader),
+    /// stdout and stderr on pipes of their own (through the agent).
+    Split(Reader, Reader),
     Decoded(futures_util::stream::BoxStream<'static, Result<LogOutput, bollard::errors::Error>>),
 }
 
@@ -422,13 +548,14 @@ async fn pump_output(
     let mut buf = vec![0u8; 32 * 1024];
     let send = |is_stderr: bool, data: &[u8]| out.send((is_stderr, Bytes::copy_from_slice(data)));
     match output {
-        Output::Raw(mut reader) if tty => loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(n) => n,
-            };
-            send(false, &buf[..n]).await.map_err(|_| ClientGone)?;
-        },
+        Output::Raw(reader) if tty => copy_chunks(reader, false, &out).await,
+        Output::Split(stdout, stderr) => {
+            let (a, b) = tokio::join!(
+                copy_chunks(stdout, false, &out),
+                copy_chunks(stderr, true, &out)
+            );
+            a.and(b)
+        }
         // Without a terminal the engine frames the streams: 8-byte header
         // (stream type, 3 zero bytes, big-endian length), then the payload.
         Output::Raw(mut reader) => loop {
@@ -468,6 +595,24 @@ async fn pump_output(
             }
             Ok(())
         }
+    }
+}
+
+/// Reads `reader` to its end into `out`, as chunks of one stream.
+async fn copy_chunks(
+    mut reader: Reader,
+    is_stderr: bool,
+    out: &tokio::sync::mpsc::Sender<(bool, Bytes)>,
+) -> Result<(), ClientGone> {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        out.send((is_stderr, Bytes::copy_from_slice(&buf[..n])))
+            .await
+            .map_err(|_| ClientGone)?;
     }
 }
 
@@ -611,6 +756,7 @@ struct Control {
     docker: Docker,
     container: String,
     session_id: String,
+    exec_id: String,
 }
 
 impl Control {
@@ -658,14 +804,9 @@ impl Control {
         }
     }
 
-    /// Delivers a client's `signal` request.
-    async fn signal(&self, signal: &Sig) {
-        let name = signal_request_name(signal);
-        let Some(name) = name else {
-            tracing::debug!(?signal, "ignored signal request with an invalid name");
-            return;
-        };
-        if let Err(e) = self.call("signal", &[&name]).await {
+    /// Delivers a client's `signal` request (a validated name).
+    async fn signal(&self, name: &str) {
+        if let Err(e) = self.call("signal", &[name]).await {
             tracing::debug!("cannot deliver SIG{name}: {e}");
         }
     }

@@ -146,7 +146,7 @@ pub async fn run(
     };
     tracing::debug!(cmd = ?spec.cmd, tty = spec.tty.is_some(), "exec");
     let docker = gateway.hosts.docker();
-    if let Err(e) = exec::run(docker, &host.container_id, spec, channel, handle, backlog).await {
+    if let Err(e) = exec::run(docker, &host, spec, channel, handle, backlog).await {
         tracing::warn!("{e}");
     }
 }
