@@ -115,3 +115,38 @@ fn each_modern_cipher_openssh_offers_is_accepted() {
         assert_eq!(stdout(&out), "ok", "{cipher}: {}", stderr(&out));
     }
 }
+
+/// Hosts from an image without berth-agent (a custom image built on the
+/// host image) still run sessions, through the engine's exec API.
+#[test]
+fn an_image_without_the_agent_still_runs_sessions_through_exec() {
+    let image = derived_image(
+        "berth-test-no-agent:latest",
+        "RUN rm /usr/local/libexec/berth-agent",
+    );
+    let mut gateway = Gateway::start_with_image(&image);
+    let alice = gateway.new_user();
+    let out = alice.ssh("echo to-out; echo to-err >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "to-out");
+    assert!(stderr(&out).contains("to-err"), "stderr: {}", stderr(&out));
+    let out = alice.ssh_with_stdin("wc -c", b"abcd");
+    assert_eq!(stdout(&out), "4", "stderr: {}", stderr(&out));
+    // berth-session is still in the image: a signal death is reported.
+    let out = alice
+        .ssh_command()
+        .args(["-v", "kill -9 $$"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("ssh");
+    assert_eq!(out.status.code(), Some(255), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("rtype exit-signal"));
+    let out = alice
+        .ssh_command()
+        .args(["-tt", "tty"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("ssh -tt");
+    assert!(stdout(&out).contains("/dev/pts/"), "{}", stdout(&out));
+    assert!(gateway.log().contains("no host agent"), "{}", gateway.log());
+}

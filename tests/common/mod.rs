@@ -98,11 +98,18 @@ pub struct Gateway {
     pub state: tempfile::TempDir,
     pub addr: SocketAddr,
     child: Option<Child>,
+    image: String,
     extra_args: Vec<String>,
     users: Vec<String>,
 }
 
 impl Gateway {
+    /// Starts a gateway whose hosts run `image` instead of the host image.
+    pub fn start_with_image(image: &str) -> Gateway {
+        host_image();
+        Gateway::start_inner(image, &[])
+    }
+
     /// Starts a gateway on a free port with a fresh state dir.
     pub fn start() -> Gateway {
         Gateway::start_with(&[])
@@ -110,6 +117,10 @@ impl Gateway {
 
     /// Starts a gateway with extra `berth serve` arguments.
     pub fn start_with(extra: &[&str]) -> Gateway {
+        Gateway::start_inner(host_image(), extra)
+    }
+
+    fn start_inner(image: &str, extra: &[&str]) -> Gateway {
         let state = tempfile::Builder::new()
             .prefix("berth-test-")
             .tempdir()
@@ -118,6 +129,7 @@ impl Gateway {
             state,
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             child: None,
+            image: image.to_string(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             users: Vec::new(),
         };
@@ -138,7 +150,7 @@ impl Gateway {
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--image")
-            .arg(host_image())
+            .arg(&self.image)
             .args(&self.extra_args)
             .env("DOCKER_HOST", docker_host())
             .env("RUST_LOG", "info,berth=debug")
@@ -647,4 +659,32 @@ pub fn run_python(client: &ClientHome, script: &str, args: &[&str]) -> Output {
         .write_all(script.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Builds `tag` from the host image plus `steps` (Dockerfile lines), with
+/// the classic builder and no context.
+pub fn derived_image(tag: &str, steps: &str) -> String {
+    let dockerfile = format!("FROM {}\n{steps}\n", host_image());
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .env("DOCKER_HOST", docker_host())
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dockerfile.as_bytes())
+        .expect("write Dockerfile");
+    let out = child.wait_with_output().expect("docker build");
+    assert!(
+        out.status.success(),
+        "docker build {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tag.to_string()
 }

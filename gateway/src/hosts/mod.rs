@@ -51,6 +51,11 @@ pub const LABEL_USER: &str = "io.berth.user";
 /// engine.
 pub const LABEL_STATE_DIR: &str = "io.berth.state-dir";
 
+/// How often a starting host's socket is tried.
+const READY_POLL: Duration = Duration::from_millis(10);
+/// How often the engine is asked whether a starting host is still running.
+const READY_CHECK: Duration = Duration::from_millis(250);
+
 /// A failure to provide or manage a user's host, worded for that user or an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -526,15 +531,18 @@ impl HostManager {
                 self.state_dir.display().to_string(),
             ),
         ]);
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(Self::volume_name(user)),
-                labels: Some(labels.clone()),
-                ..Default::default()
-            })
-            .await
-            .map_err(call("create the host's volume"))?;
-        self.ensure_network(user, &labels).await?;
+        // Independent, so at once: the network is the slow one.
+        let volume = async {
+            self.docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(Self::volume_name(user)),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(call("create the host's volume"))
+        };
+        tokio::try_join!(volume, self.ensure_network(user, &labels))?;
 
         let mut profile = self.profile_to_try();
         loop {
@@ -697,19 +705,25 @@ impl HostManager {
     async fn wait_ready(&self, user: &UserName, id: &str, run_dir: &Path) -> Result<(), HostError> {
         let deadline = Instant::now() + self.config.ready_timeout;
         let mut last = String::from("no answer yet");
+        let mut next_check = Instant::now() + READY_CHECK;
         while Instant::now() < deadline {
             match socket::ping(run_dir, Duration::from_secs(2)).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
-            if !self.is_running(id).await {
-                last = format!(
-                    "host stopped while starting; {}",
-                    self.last_log_line(id).await
-                );
-                break;
+            // A missing socket costs one failed open; asking the engine
+            // whether the host died is dearer, so it is asked less often.
+            if Instant::now() >= next_check {
+                if !self.is_running(id).await {
+                    last = format!(
+                        "host stopped while starting; {}",
+                        self.last_log_line(id).await
+                    );
+                    break;
+                }
+                next_check = Instant::now() + READY_CHECK;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
         if let Some(line) = Some(self.last_log_line(id).await).filter(|l| !l.is_empty()) {
             last = format!("{last}; last dockerd log line: {line}");
