@@ -112,6 +112,17 @@ fn ctrl_c_interrupts_the_running_command_and_the_prompt_returns() {
 }
 
 #[test]
+fn the_clients_terminal_modes_apply_to_the_remote_terminal() {
+    let mut gateway = Gateway::start();
+    let alice = gateway.new_user();
+    // The local terminal interrupts with ^B; ssh sends that mode along.
+    let tmux = Tmux::start_after("stty intr ^B;", &alice, 100, 30);
+    tmux.wait_for("@berth-host:~#");
+    tmux.type_line("stty -a | grep -o 'intr = [^;]*' | tr a-z A-Z");
+    tmux.wait_for("INTR = ^B");
+}
+
+#[test]
 fn ctrl_z_stops_the_running_command_as_a_job() {
     let mut gateway = Gateway::start();
     let alice = gateway.new_user();
@@ -173,6 +184,11 @@ struct Tmux {
 
 impl Tmux {
     fn start(user: &User, cols: u32, rows: u32) -> Tmux {
+        Tmux::start_after("", user, cols, rows)
+    }
+
+    /// Starts ssh in a tmux pane after running `local` (shell) there.
+    fn start_after(local: &str, user: &User, cols: u32, rows: u32) -> Tmux {
         let socket = format!("berth-test-{}-{}", std::process::id(), user.name);
         let mut ssh = vec!["ssh".to_string()];
         ssh.extend(user.ssh_args());
@@ -194,7 +210,7 @@ impl Tmux {
             &cols.to_string(),
             "-y",
             &rows.to_string(),
-            &shell_words::join(&ssh),
+            &format!("{local} exec {}", shell_words::join(&ssh)),
         ]);
         tmux.run(&["set-option", "-g", "status", "off"]);
         tmux

@@ -35,6 +35,89 @@ pub struct Request {
     pub env: Vec<String>,
     /// Run on a terminal of this many (columns, rows).
     pub tty: Option<(u16, u16)>,
+    /// The client's terminal modes (RFC 4254 section 8 opcodes and values),
+    /// applied to the terminal.
+    #[serde(default)]
+    pub modes: Vec<(u8, u32)>,
+}
+
+/// Applies SSH terminal modes (RFC 4254 section 8) to `t`; opcodes Linux
+/// has no use for (speeds, VDSUSP, VSTATUS…) are skipped.
+pub fn apply_modes(t: &mut nix::sys::termios::Termios, modes: &[(u8, u32)]) {
+    use nix::sys::termios::{
+        ControlFlags as C, InputFlags as I, LocalFlags as L, OutputFlags as O,
+        SpecialCharacterIndices as V,
+    };
+    for &(opcode, value) in modes {
+        let on = value != 0;
+        let char_index = match opcode {
+            1 => Some(V::VINTR),
+            2 => Some(V::VQUIT),
+            3 => Some(V::VERASE),
+            4 => Some(V::VKILL),
+            5 => Some(V::VEOF),
+            6 => Some(V::VEOL),
+            7 => Some(V::VEOL2),
+            8 => Some(V::VSTART),
+            9 => Some(V::VSTOP),
+            10 => Some(V::VSUSP),
+            12 => Some(V::VREPRINT),
+            13 => Some(V::VWERASE),
+            14 => Some(V::VLNEXT),
+            18 => Some(V::VDISCARD),
+            _ => None,
+        };
+        if let Some(index) = char_index {
+            // 255 means "disabled" on the wire; Linux spells it 0.
+            t.control_chars[index as usize] = if value == 255 { 0 } else { value as u8 };
+            continue;
+        }
+        match opcode {
+            30 => t.input_flags.set(I::IGNPAR, on),
+            31 => t.input_flags.set(I::PARMRK, on),
+            32 => t.input_flags.set(I::INPCK, on),
+            33 => t.input_flags.set(I::ISTRIP, on),
+            34 => t.input_flags.set(I::INLCR, on),
+            35 => t.input_flags.set(I::IGNCR, on),
+            36 => t.input_flags.set(I::ICRNL, on),
+            37 => t.input_flags.set(I::IUCLC, on),
+            38 => t.input_flags.set(I::IXON, on),
+            39 => t.input_flags.set(I::IXANY, on),
+            40 => t.input_flags.set(I::IXOFF, on),
+            41 => t.input_flags.set(I::IMAXBEL, on),
+            42 => t.input_flags.set(I::IUTF8, on),
+            50 => t.local_flags.set(L::ISIG, on),
+            51 => t.local_flags.set(L::ICANON, on),
+            52 => t.local_flags.set(L::XCASE, on),
+            53 => t.local_flags.set(L::ECHO, on),
+            54 => t.local_flags.set(L::ECHOE, on),
+            55 => t.local_flags.set(L::ECHOK, on),
+            56 => t.local_flags.set(L::ECHONL, on),
+            57 => t.local_flags.set(L::NOFLSH, on),
+            58 => t.local_flags.set(L::TOSTOP, on),
+            59 => t.local_flags.set(L::IEXTEN, on),
+            60 => t.local_flags.set(L::ECHOCTL, on),
+            61 => t.local_flags.set(L::ECHOKE, on),
+            62 => t.local_flags.set(L::PENDIN, on),
+            70 => t.output_flags.set(O::OPOST, on),
+            71 => t.output_flags.set(O::OLCUC, on),
+            72 => t.output_flags.set(O::ONLCR, on),
+            73 => t.output_flags.set(O::OCRNL, on),
+            74 => t.output_flags.set(O::ONOCR, on),
+            75 => t.output_flags.set(O::ONLRET, on),
+            90 if on => {
+                t.control_flags.remove(C::CSIZE);
+                t.control_flags.insert(C::CS7);
+            }
+            91 if on => {
+                t.control_flags.remove(C::CSIZE);
+                t.control_flags.insert(C::CS8);
+            }
+            92 => t.control_flags.set(C::PARENB, on),
+            93 => t.control_flags.set(C::PARODD, on),
+            _ => {}
+        }
+    }
 }
 
 /// Sends `bytes` with `fds` attached to the first byte; returns how many
@@ -162,6 +245,20 @@ mod tests {
         assert_eq!(Ending::parse("exit x"), None);
         assert_eq!(Ending::parse("signal 9 soon"), None);
         assert_eq!(Ending::parse("started"), None);
+    }
+
+    #[test]
+    fn terminal_modes_reach_the_termios() {
+        use nix::sys::termios::{LocalFlags, SpecialCharacterIndices, tcgetattr};
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut t = tcgetattr(&pty.slave).unwrap();
+        // VINTR = ^B, ECHO off, VEOL disabled.
+        apply_modes(&mut t, &[(1, 2), (53, 0), (6, 255), (128, 38400)]);
+        assert_eq!(t.control_chars[SpecialCharacterIndices::VINTR as usize], 2);
+        assert_eq!(t.control_chars[SpecialCharacterIndices::VEOL as usize], 0);
+        assert!(!t.local_flags.contains(LocalFlags::ECHO));
+        apply_modes(&mut t, &[(53, 1)]);
+        assert!(t.local_flags.contains(LocalFlags::ECHO));
     }
 
     #[test]

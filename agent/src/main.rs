@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use berth_agent::{Ending, MAX_REQUEST, Request, recv_with_fds, send_with_fds};
+use berth_agent::{Ending, MAX_REQUEST, Request, apply_modes, recv_with_fds, send_with_fds};
 use nix::pty::{Winsize, openpty};
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::termios::{SetArg, tcgetattr, tcsetattr};
 use nix::unistd::Pid;
 
 /// How long a hung-up command has to exit before SIGKILL.
@@ -136,6 +137,11 @@ fn session(conn: UnixStream) -> io::Result<()> {
                 ws_ypixel: 0,
             };
             let pty = openpty(Some(&size), None)?;
+            if !request.modes.is_empty() {
+                let mut termios = tcgetattr(&pty.slave)?;
+                apply_modes(&mut termios, &request.modes);
+                tcsetattr(&pty.slave, SetArg::TCSANOW, &termios)?;
+            }
             cmd.stdin(Stdio::from(pty.slave.try_clone()?))
                 .stdout(Stdio::from(pty.slave.try_clone()?))
                 .stderr(Stdio::from(pty.slave));

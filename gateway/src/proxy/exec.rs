@@ -58,6 +58,8 @@ pub struct ExecSpec {
     pub env: Vec<String>,
     /// Run on a terminal of this size.
     pub tty: Option<TermSize>,
+    /// The client's terminal modes (RFC 4254 opcode, value).
+    pub modes: Vec<(u8, u32)>,
     /// Whether the client's `signal` requests reach the command (OpenSSH
     /// refuses them for subsystems).
     pub signals: bool,
@@ -207,6 +209,7 @@ pub async fn run(
                 size.rows.min(u16::MAX.into()) as u16,
             )
         }),
+        modes: spec.modes.clone(),
     };
     let (output, mut input, steer, finish) = match agent::start(host.run_dir(), &request).await {
         Ok(Some(started)) => {

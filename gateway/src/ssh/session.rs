@@ -32,6 +32,7 @@ enum Request {
 struct Pty {
     term: String,
     size: TermSize,
+    modes: Vec<(u8, u32)>,
 }
 
 /// Runs one session channel from its first request to its close. `handle`
@@ -55,6 +56,7 @@ pub async fn run(
                 term,
                 col_width,
                 row_height,
+                terminal_modes,
                 ..
             } if login.permissions.pty => {
                 pty = Some(Pty {
@@ -63,6 +65,10 @@ pub async fn run(
                         cols: col_width,
                         rows: row_height,
                     },
+                    modes: terminal_modes
+                        .into_iter()
+                        .map(|(op, value)| (op as u8, value))
+                        .collect(),
                 });
             }
             ChannelMsg::SetEnv {
@@ -141,7 +147,8 @@ pub async fn run(
     let spec = ExecSpec {
         cmd,
         env: env_vars,
-        tty: pty.map(|p| p.size),
+        tty: pty.as_ref().map(|p| p.size),
+        modes: pty.map(|p| p.modes).unwrap_or_default(),
         signals,
     };
     tracing::debug!(cmd = ?spec.cmd, tty = spec.tty.is_some(), "exec");
