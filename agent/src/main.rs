@@ -67,16 +67,25 @@ fn serve(path: &str) -> io::Result<()> {
     for conn in listener.incoming() {
         match conn {
             Ok(conn) => {
-                std::thread::spawn(move || {
+                let spawned = small_thread().spawn(move || {
                     if let Err(e) = session(conn) {
                         eprintln!("berth-agent: session: {e}");
                     }
                 });
+                if let Err(e) = spawned {
+                    eprintln!("berth-agent: cannot start a session thread: {e}");
+                }
             }
             Err(e) => eprintln!("berth-agent: accept: {e}"),
         }
     }
     Ok(())
+}
+
+/// Session threads only shuffle lines and wait: a small stack each keeps
+/// hundreds of sessions cheap.
+fn small_thread() -> std::thread::Builder {
+    std::thread::Builder::new().stack_size(128 * 1024)
 }
 
 /// Reads the request line and the descriptors sent with it.
@@ -184,16 +193,21 @@ fn session(conn: UnixStream) -> io::Result<()> {
     // The command's descriptors now live in the child only.
     drop(cmd);
     let group = Pid::from_raw(child.id() as i32);
-    match &master {
-        Some(master) => {
-            send_with_fds(out.as_fd(), b"started\n", &[master.as_raw_fd()])?;
-        }
-        None => out.write_all(b"started\n")?,
+    let announced = match &master {
+        Some(master) => send_with_fds(out.as_fd(), b"started\n", &[master.as_raw_fd()]).map(drop),
+        None => out.write_all(b"started\n"),
+    };
+    if let Err(e) = announced {
+        // Nobody to report to: the command goes, as on a hang-up.
+        let ended = AtomicBool::new(false);
+        hang_up(group, &ended);
+        let _ = child.wait();
+        return Err(e);
     }
 
     let ended = Arc::new(AtomicBool::new(false));
     let waiter_ended = ended.clone();
-    std::thread::spawn(move || {
+    small_thread().spawn(move || {
         let ending = match child.wait() {
             Ok(status) => match (status.code(), status.signal()) {
                 (Some(code), _) => Ending::Exit(code as u32),
@@ -208,7 +222,7 @@ fn session(conn: UnixStream) -> io::Result<()> {
         waiter_ended.store(true, Ordering::SeqCst);
         let _ = out.write_all(ending.line().as_bytes());
         let _ = out.shutdown(std::net::Shutdown::Write);
-    });
+    })?;
 
     let reader = BufReader::new(conn.try_clone()?);
     for line in reader.lines() {
@@ -236,13 +250,20 @@ fn session(conn: UnixStream) -> io::Result<()> {
         }
     }
     // The gateway went away: hang the command up, as sshd does.
-    if !ended.load(Ordering::SeqCst) {
-        let _ = killpg(group, Signal::SIGHUP);
-        let _ = killpg(group, Signal::SIGCONT);
-        std::thread::sleep(HANGUP_GRACE);
-        if !ended.load(Ordering::SeqCst) {
-            let _ = killpg(group, Signal::SIGKILL);
-        }
-    }
+    hang_up(group, &ended);
     Ok(())
+}
+
+/// SIGHUP (and SIGCONT, for a stopped job) to the command's process group,
+/// then SIGKILL after [`HANGUP_GRACE`] unless the command has ended.
+fn hang_up(group: Pid, ended: &AtomicBool) {
+    if ended.load(Ordering::SeqCst) {
+        return;
+    }
+    let _ = killpg(group, Signal::SIGHUP);
+    let _ = killpg(group, Signal::SIGCONT);
+    std::thread::sleep(HANGUP_GRACE);
+    if !ended.load(Ordering::SeqCst) {
+        let _ = killpg(group, Signal::SIGKILL);
+    }
 }

@@ -27,6 +27,9 @@ use crate::hosts::socket;
 /// unprivileged process): fewer wake-ups per megabyte than 64 KiB.
 const OUTPUT_PIPE: i32 = 1024 * 1024;
 
+/// How long the agent has to answer a request (it answers at once).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A command the agent started.
 pub struct Started {
     /// The command's stdin.
@@ -124,6 +127,17 @@ pub async fn start(run_dir: &Path, request: &Request) -> Result<Option<Started>,
             return Ok(None);
         }
     };
+    match tokio::time::timeout(ANSWER_TIMEOUT, converse(stream, request)).await {
+        Ok(started) => started.map(Some),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the agent did not answer").into()),
+    }
+}
+
+/// Sends the request and reads the agent's answer.
+async fn converse(
+    stream: tokio::net::UnixStream,
+    request: &Request,
+) -> Result<Started, AgentError> {
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');
 
@@ -227,7 +241,7 @@ pub async fn start(run_dir: &Path, request: &Request) -> Result<Option<Started>,
         }
         _ => return Err(io::Error::other("the agent sent no terminal, or an unasked one").into()),
     };
-    Ok(Some(started))
+    Ok(started)
 }
 
 /// The master side of the session's terminal, as a reader and a writer.

@@ -369,7 +369,12 @@ pub async fn run(
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
 
-    let ending = finish.ending().await;
+    // The command may outlive its output (`exec >&-; sleep 60`); a client
+    // that leaves meanwhile hangs it up.
+    let ending = tokio::select! {
+        ending = finish.ending() => ending,
+        _ = client_gone(&handle, channel_id) => return Ok(()),
+    };
     let _ = to_client.eof().await;
     match ending {
         Ending::Status(code) => {
