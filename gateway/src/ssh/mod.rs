@@ -10,6 +10,7 @@ pub mod env;
 pub mod forward;
 mod handler;
 pub mod hostkey;
+mod quickack;
 mod session;
 
 use std::future::Future;
@@ -113,6 +114,7 @@ pub async fn serve(
         let config = config.clone();
         tokio::spawn(
             async move {
+                let stream = quickack::QuickAck::new(stream);
                 match russh::server::run_stream(config, stream, handler).await {
                     Ok(session) => {
                         if let Err(e) = session.await {
