@@ -135,7 +135,7 @@ pub async fn start(run_dir: &Path, request: &Request) -> Result<Option<Started>,
 
 /// Sends the request and reads the agent's answer.
 async fn converse(
-    stream: tokio::net::UnixStream,
+    mut stream: tokio::net::UnixStream,
     request: &Request,
 ) -> Result<Started, AgentError> {
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
@@ -180,7 +180,6 @@ async fn converse(
     };
     // Only the command holds its ends now: EOF works both ways.
     drop(theirs);
-    let mut stream = stream;
     stream.write_all(&line[sent..]).await?;
 
     // The answer: `started` (with the terminal attached), or `error …`.
