@@ -143,6 +143,7 @@ fn fifty_dial_stdio_channels_share_one_connection_and_a_stuck_one_stalls_none() 
     // it back up into the gateway, on that one channel.
     let stuck = alice.ssh_ok("docker run -d -i bb:1 sleep 600");
     let client = alice.client_home();
+    let login = alice.paramiko_login(&client);
     let out = run_python(
         &client,
         r#"
@@ -206,14 +207,7 @@ for ch in channels:
     ch.recv_exit_status()
 print(ok)
 "#,
-        &[
-            "127.0.0.1",
-            &alice.addr.port().to_string(),
-            &alice.name,
-            alice.key.private.to_str().unwrap(),
-            client.dir.path().join(".ssh/known_hosts").to_str().unwrap(),
-            &stuck,
-        ],
+        &[login.as_slice(), &[stuck]].concat(),
     );
     assert_eq!(stdout(&out), "50", "stderr: {}", stderr(&out));
 }

@@ -363,13 +363,7 @@ assert status == -1, "an exit status (%d) instead of an exit-signal" % status
 assert exit_signals == ["TERM"], exit_signals
 print("ended by TERM")
 "#,
-        &[
-            "127.0.0.1",
-            &alice.addr.port().to_string(),
-            &alice.name,
-            alice.key.private.to_str().unwrap(),
-            client.dir.path().join(".ssh/known_hosts").to_str().unwrap(),
-        ],
+        &alice.paramiko_login(&client),
     );
     assert_eq!(
         stdout(&out),

@@ -486,6 +486,23 @@ pub struct ClientHome {
 }
 
 impl User {
+    /// What a paramiko script needs to log in as this user from `client`:
+    /// host, port, user name, private key, known_hosts.
+    pub fn paramiko_login(&self, client: &ClientHome) -> Vec<String> {
+        vec![
+            self.addr.ip().to_string(),
+            self.addr.port().to_string(),
+            self.name.clone(),
+            self.key.private.display().to_string(),
+            client
+                .dir
+                .path()
+                .join(".ssh/known_hosts")
+                .display()
+                .to_string(),
+        ]
+    }
+
     /// Sets up a [`ClientHome`] for this user.
     pub fn client_home(&self) -> ClientHome {
         let dir = tempfile::Builder::new()
@@ -642,7 +659,11 @@ pub fn python() -> &'static Path {
 }
 
 /// Runs a Python script (from stdin) with `args`, HOME at the client home.
-pub fn run_python(client: &ClientHome, script: &str, args: &[&str]) -> Output {
+pub fn run_python<S: AsRef<std::ffi::OsStr>>(
+    client: &ClientHome,
+    script: &str,
+    args: &[S],
+) -> Output {
     let mut child = client
         .command(python().to_str().unwrap())
         .arg("-")
