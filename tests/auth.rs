@@ -51,7 +51,7 @@ fn another_users_key_is_refused() {
         stderr(&out)
     );
     assert!(
-        docker(&["inspect", &format!("berth-{}", bob.name)])
+        docker(&["container", "inspect", &format!("berth-{}", bob.name)])
             .status
             .code()
             != Some(0),

@@ -32,6 +32,7 @@ fn a_forward_to_another_users_host_is_refused() {
     bob.ssh_ok("docker run -d -p 8080:8080 bb:1 httpd -f -p 8080 -h /www >/dev/null");
     alice.ssh_ok("true");
     let bob_ip = docker_ok(&[
+        "container",
         "inspect",
         "-f",
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",

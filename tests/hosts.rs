@@ -159,11 +159,12 @@ fn an_idle_host_is_stopped_cleanly_and_the_next_login_finds_its_images() {
     import_probe_image(&alice);
     let name = container(&alice);
     wait_until("the idle host to stop", Duration::from_secs(120), || {
-        docker_ok(&["inspect", "-f", "{{.State.Running}}", &name]) == "false"
+        docker_ok(&["container", "inspect", "-f", "{{.State.Running}}", &name]) == "false"
     });
     // Exit 0 is dockerd returning from its own shutdown after SIGTERM; a
     // kill would be 137.
     let state = docker_ok(&[
+        "container",
         "inspect",
         "-f",
         "{{.State.ExitCode}} {{.State.OOMKilled}}",
@@ -220,14 +221,14 @@ fn a_gateway_killed_while_a_host_runs_adopts_it_after_restart() {
     let mut gateway = Gateway::start();
     let alice = gateway.new_user();
     alice.ssh_ok("true");
-    let first = docker_ok(&["inspect", "-f", "{{.Id}}", &container(&alice)]);
+    let first = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &container(&alice)]);
     gateway.restart(); // SIGKILL, then the same state dir and port
     let adopted = format!("adopted host user={} container={first}", alice.name);
     assert!(gateway.log().contains(&adopted), "log:\n{}", gateway.log());
     let out = alice.ssh("echo again");
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert_eq!(stderr(&out), "", "the restarted gateway re-provisioned");
-    let second = docker_ok(&["inspect", "-f", "{{.Id}}", &container(&alice)]);
+    let second = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &container(&alice)]);
     assert_eq!(first, second, "a second container was made");
     assert_eq!(labelled(&["volume", "ls"], &alice), 1);
 }
@@ -253,9 +254,9 @@ fn a_half_made_host_is_re_created_and_its_volume_kept() {
         &format!("{}:/var/lib/docker", volume(&alice)),
         host_image(),
     ]);
-    let stale = docker_ok(&["inspect", "-f", "{{.Id}}", &name]);
+    let stale = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &name]);
     assert!(has_probe_image(&alice), "the volume's images were lost");
-    let fresh = docker_ok(&["inspect", "-f", "{{.Id}}", &name]);
+    let fresh = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &name]);
     assert_ne!(stale, fresh, "the half-made container was used as is");
 }
 
@@ -285,6 +286,7 @@ env = { BERTH_TEST_ENV = "no" }
 
     let limits = |u: &User| {
         docker_ok(&[
+            "container",
             "inspect",
             "-f",
             "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}",
@@ -307,6 +309,7 @@ env = { BERTH_TEST_ENV = "no" }
 
 fn host_ip(user: &User) -> String {
     docker_ok(&[
+        "container",
         "inspect",
         "-f",
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
@@ -332,12 +335,15 @@ fn alices_host_cannot_reach_bobs_host() {
     let out = alice.ssh(&probe);
     assert!(
         !out.status.success(),
-        "alice's host connected to bob's host at {bob_ip}"
+        "alice's host ({}) connected to bob's host at {bob_ip}; alice's routes:\n{}",
+        host_ip(&alice),
+        alice.ssh_ok("ip route; ip -br addr")
     );
     // The listener is still up: the refusal was isolation, not a dead port.
     assert!(bob.ssh(&probe).status.success());
     // And the gateway engine's socket is not in either host.
     let mounts = docker_ok(&[
+        "container",
         "inspect",
         "-f",
         "{{range .Mounts}}{{.Source}} {{end}}",
@@ -479,7 +485,7 @@ fn host_list_shows_state_uptime_and_sessions() {
             .unwrap_or_else(|| panic!("{} not listed:\n{list}", u.name))
             .to_string()
     };
-    let id = docker_ok(&["inspect", "-f", "{{.Id}}", &container(&alice)]);
+    let id = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &container(&alice)]);
     let alice_row = row(&alice);
     assert!(alice_row.contains(" running "), "{alice_row}");
     assert!(alice_row.contains(&id[..12]), "{alice_row}");
@@ -490,4 +496,67 @@ fn host_list_shows_state_uptime_and_sessions() {
     let bob_row = row(&bob);
     assert!(bob_row.contains(" exited "), "{bob_row}");
     assert!(bob_row.contains("stopped "), "{bob_row}");
+}
+
+#[test]
+fn adding_a_user_makes_their_volume_and_network_on_the_gateways_engine() {
+    let mut gateway = Gateway::start();
+    let alice = gateway.new_user();
+    assert_eq!(labelled(&["network", "ls"], &alice), 1, "no network");
+    assert_eq!(labelled(&["volume", "ls"], &alice), 1, "no volume");
+    assert_eq!(labelled(&["ps", "-a"], &alice), 0, "a container already");
+
+    // Without DOCKER_HOST the CLI uses the engine the gateway recorded.
+    docker_ok(&["volume", "rm", &volume(&alice)]);
+    docker_ok(&["network", "rm", &container(&alice)]);
+    let cli_without_docker_host = |state: &Path, args: &[&str]| {
+        Command::new(berth_bin())
+            .args(args)
+            .env("BERTH_STATE_DIR", state)
+            .env_remove("DOCKER_HOST")
+            .output()
+            .expect("run berth")
+    };
+    let out = cli_without_docker_host(gateway.state.path(), &["user", "add", &alice.name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(labelled(&["network", "ls"], &alice), 1, "no network");
+    assert_eq!(labelled(&["volume", "ls"], &alice), 1, "no volume");
+    let out = cli_without_docker_host(gateway.state.path(), &["host", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Where no gateway ever ran, the CLI does not guess an engine.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let bob = format!("{}b", alice.name);
+    let out = cli_without_docker_host(fresh.path(), &["user", "add", &bob]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let networks = docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!networks.lines().any(|n| n == format!("berth-{bob}")));
+
+    let version = alice.ssh_ok("docker info -f '{{.ServerVersion}}'");
+    assert!(!version.is_empty(), "no version from the inner engine");
+    assert_eq!(labelled(&["ps", "-a"], &alice), 1, "the login made no host");
+}
+
+#[test]
+fn a_dockerd_that_dies_while_starting_is_reported_to_the_session() {
+    // dockerd makes its sockets, then fails on the storage driver and exits.
+    let mut gateway = Gateway::start_with_config(
+        "[hosts]\nready_timeout = \"30s\"\ndockerd_args = [\"--storage-driver=berth-none\"]\n",
+    );
+    let alice = gateway.new_user();
+    for command in ["docker info", "echo hello"] {
+        let out = alice.ssh(command);
+        assert!(
+            stderr(&out).contains("berth: host for")
+                && stderr(&out).contains("driver not supported"),
+            "{command}: {}",
+            stderr(&out)
+        );
+    }
+    let out = alice.ssh("docker info");
+    assert!(
+        !out.status.success(),
+        "docker info answered without dockerd"
+    );
 }

@@ -271,7 +271,7 @@ fn user_rm_keeps_the_users_host_and_volume() {
     gateway.cli_ok(&["user", "rm", &alice.name]);
     assert!(!gateway.cli_ok(&["user", "list"]).contains(&alice.name));
     assert!(auth_refused(&alice.ssh("true")));
-    docker_ok(&["inspect", &format!("berth-{}", alice.name)]);
+    docker_ok(&["container", "inspect", &format!("berth-{}", alice.name)]);
     docker_ok(&["volume", "inspect", &format!("berth-{}-docker", alice.name)]);
 }
 

@@ -13,6 +13,7 @@ fn docker_info_over_ssh_reports_the_users_own_engine() {
     assert!(!inner.is_empty(), "inner engine reported no ID");
     assert_ne!(inner, outer, "ssh reached the gateway's own engine");
     let labels = docker_ok(&[
+        "container",
         "inspect",
         "-f",
         "{{index .Config.Labels \"io.berth.user\"}} {{index .Config.Labels \"io.berth.managed\"}}",
@@ -64,11 +65,11 @@ fn a_second_login_reuses_the_same_host_and_its_images() {
          tar -C $d -c . | docker import - probe:1 >/dev/null",
     );
     let container = format!("berth-{}", alice.name);
-    let first_id = docker_ok(&["inspect", "-f", "{{.Id}}", &container]);
+    let first_id = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &container]);
 
     let images = alice.ssh_ok("docker images -q probe:1");
     assert!(!images.is_empty(), "image loaded at first login is gone");
-    let second_id = docker_ok(&["inspect", "-f", "{{.Id}}", &container]);
+    let second_id = docker_ok(&["container", "inspect", "-f", "{{.Id}}", &container]);
     assert_eq!(first_id, second_id, "a second container was created");
     let count = docker_ok(&[
         "ps",

@@ -56,6 +56,18 @@ fn main() {
     }
 }
 
+/// Tells whoever started the agent that it listens: one line on stdout,
+/// which is then pointed at /dev/null so the reader may go away (berth-init
+/// waits for this line before it starts dockerd, so a session never arrives
+/// before the agent).
+fn announce_ready() {
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(b"ready\n").and_then(|()| stdout.flush());
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}
+
 fn serve(path: &str) -> io::Result<()> {
     // Bound under a temporary name and moved into place, so the gateway
     // never finds a socket nobody listens on yet.
@@ -64,6 +76,7 @@ fn serve(path: &str) -> io::Result<()> {
     let listener = UnixListener::bind(&staging)?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(&staging, path)?;
+    announce_ready();
     for conn in listener.incoming() {
         match conn {
             Ok(conn) => {

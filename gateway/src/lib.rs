@@ -71,12 +71,20 @@ pub async fn serve(
     let keys = KeyStore::open(&config.state_dir)?;
     let user_cas =
         TrustedUserCas::load(&config.trusted_user_ca_keys, config.revoked_keys.as_deref())?;
+    let engine = hosts::engine::for_gateway();
     let hosts = hosts::HostManager::connect(
+        &engine,
         config.hosts.clone(),
         config.image.clone(),
         &config.state_dir,
     )
     .await?;
+    if let Err(e) = hosts::engine::record(&config.state_dir, &engine) {
+        tracing::warn!(
+            "cannot record the engine in {} (the berth CLI will need DOCKER_HOST): {e}",
+            config.state_dir.display()
+        );
+    }
     let _lifecycle = hosts.start_lifecycle().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

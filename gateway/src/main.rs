@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use berth::config::{Config, LogFormat, parse_duration};
-use berth::hosts::HostManager;
+use berth::hosts::{HostManager, engine};
 use berth_keys::{KeyStore, UserName};
 use clap::{Args, Parser, Subcommand};
 
@@ -216,6 +216,7 @@ fn user_command(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             } else {
                 println!("user {user} already exists");
             }
+            prepare_host(config, &user);
         }
         UserCommand::Rm { user } => {
             let user = UserName::parse(&user)?;
@@ -254,6 +255,7 @@ fn key_command(config: &Config, command: KeyCommand) -> anyhow::Result<()> {
             for entry in added {
                 println!("added {} {}", entry.fingerprint(), entry.comment());
             }
+            prepare_host(config, &user);
         }
         KeyCommand::List { user } => {
             let user = UserName::parse(&user)?;
@@ -272,8 +274,51 @@ fn key_command(config: &Config, command: KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `user add` and `key add` wait for the engine.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes a new user's host volume and network now, on the gateway's engine,
+/// so their first login has less to do. Best effort, and only on an engine
+/// known to be the gateway's: otherwise the first login makes them.
+fn prepare_host(config: &Config, user: &UserName) {
+    let Some(engine) = engine::known_for_cli(&config.state_dir) else {
+        return;
+    };
+    let prepared = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let prepare = async {
+                    let hosts = HostManager::connect(
+                        &engine,
+                        config.hosts.clone(),
+                        config.image.clone(),
+                        &config.state_dir,
+                    )
+                    .await?;
+                    hosts.prepare(user).await
+                };
+                match tokio::time::timeout(PREPARE_TIMEOUT, prepare).await {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow::anyhow!(
+                        "{engine} did not answer in {} s",
+                        PREPARE_TIMEOUT.as_secs()
+                    )),
+                }
+            })
+        });
+    if let Err(e) = prepared {
+        eprintln!(
+            "berth: note: {user}'s host volume and network will be made at their first login: {e:#}"
+        );
+    }
+}
+
 async fn host_command(config: Config, command: HostCommand) -> anyhow::Result<()> {
     let hosts = HostManager::connect(
+        &engine::for_cli(&config.state_dir),
         config.hosts.clone(),
         config.image.clone(),
         &config.state_dir,

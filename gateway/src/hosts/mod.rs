@@ -14,6 +14,7 @@
 //! [`HostManager::activity`] so that a host in use is never stopped.
 
 pub mod activity;
+pub mod engine;
 pub mod preload;
 pub mod profile;
 pub mod socket;
@@ -117,6 +118,41 @@ pub enum Readiness {
     Created,
 }
 
+/// A host sessions may use: its inner dockerd listens on its socket.
+#[derive(Debug)]
+pub struct Running {
+    /// The host.
+    pub host: Host,
+    /// What it took to get there.
+    pub readiness: Readiness,
+    /// Set when this call started the host's dockerd: it listens but may
+    /// still be starting (API requests wait in the socket's queue until it
+    /// serves them). Tells whether it came to serve.
+    pub starting: Option<Starting>,
+}
+
+/// The rest of a host's start, watched in the background after sessions
+/// were let in.
+#[derive(Debug)]
+pub struct Starting(tokio::sync::oneshot::Receiver<HostError>);
+
+impl Starting {
+    /// Waits until the inner dockerd serves (`None`) or is known never to
+    /// (the reason).
+    pub async fn failure(self) -> Option<HostError> {
+        self.0.await.ok()
+    }
+}
+
+/// What a starting host is waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// The inner dockerd accepts connections on its socket.
+    Listening,
+    /// The inner dockerd answers `/_ping`.
+    Serving,
+}
+
 /// A running host, ready for execs and socket connections.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -189,14 +225,15 @@ impl Drop for Lifecycle {
 }
 
 impl HostManager {
-    /// Connects to the engine named by `DOCKER_HOST` (or the default socket)
-    /// and agrees on an API version with it.
+    /// Connects to `engine` (a Docker host address such as
+    /// `unix:///var/run/docker.sock`) and agrees on an API version with it.
     pub async fn connect(
+        engine: &str,
         config: HostsConfig,
         image: String,
         state_dir: &Path,
     ) -> Result<HostManager, HostError> {
-        let docker = Docker::connect_with_defaults().map_err(HostError::Engine)?;
+        let docker = Docker::connect_with_host(engine).map_err(HostError::Engine)?;
         let docker = docker
             .negotiate_version()
             .await
@@ -410,12 +447,20 @@ impl HostManager {
     }
 
     /// Returns the user's running host: resumed if stopped, created if
-    /// missing, waited on until its inner dockerd answers. Concurrent calls
-    /// for one user share one provisioning.
-    pub async fn ensure_running(&self, user: &UserName) -> Result<(Host, Readiness), HostError> {
+    /// missing. Concurrent calls for one user share one provisioning.
+    ///
+    /// A host this call starts is handed back as soon as its inner dockerd
+    /// listens, not when it first answers: the last few hundred milliseconds
+    /// of dockerd's start then overlap the session's own (the command's
+    /// start, the docker CLI's), whose API requests wait in the socket's
+    /// queue until dockerd serves them. [`Running::starting`] reports a
+    /// dockerd that never comes to serve. With images to preload, the host
+    /// is only handed back once they are in.
+    pub async fn ensure_running(&self, user: &UserName) -> Result<Running, HostError> {
         let run_dir = self.run_dir(user);
         let flight = self.flight(user);
         let _guard = flight.lock().await;
+        let deadline = Instant::now() + self.config.ready_timeout;
 
         let name = Self::container_name(user);
         let inspected = self
@@ -437,14 +482,10 @@ impl HostManager {
                     tracing::warn!(%user, container = %id, ?status, "re-creating a half-made host");
                     self.remove_container(user, &id).await?;
                     self.prepare_run_dir(&run_dir)?;
-                    let id = self.create_and_start(user).await?;
-                    self.wait_ready(user, &id, &run_dir).await?;
-                    self.preload(user, &run_dir).await;
-                    return Ok((self.host(user, id), Readiness::Created));
-                }
-                if running {
+                    (self.create_and_start(user).await?, Readiness::Created)
+                } else if running {
                     if socket::ping(&run_dir, Duration::from_secs(2)).await.is_ok() {
-                        return Ok((self.host(user, id), Readiness::WasRunning));
+                        return Ok(self.running(user, id, Readiness::WasRunning, None));
                     }
                     (id, Readiness::WasRunning)
                 } else {
@@ -468,11 +509,42 @@ impl HostManager {
                 });
             }
         };
-        self.wait_ready(user, &id, &run_dir).await?;
-        if readiness == Readiness::Created {
-            self.preload(user, &run_dir).await;
+        let preload = readiness == Readiness::Created && !self.config.preload_images.is_empty();
+        if preload || readiness == Readiness::WasRunning {
+            // A running host that did not answer is waited on whole: it
+            // was started by an earlier login, which watches its start.
+            self.wait(user, &id, &run_dir, deadline, Until::Serving)
+                .await?;
+            if preload {
+                self.preload(user, &run_dir).await;
+            }
+            return Ok(self.running(user, id, readiness, None));
         }
-        Ok((self.host(user, id), readiness))
+        self.wait(user, &id, &run_dir, deadline, Until::Listening)
+            .await?;
+        let starting = self.watch_start(user, &id, deadline);
+        Ok(self.running(user, id, readiness, Some(starting)))
+    }
+
+    /// Waits in the background for a listening host's dockerd to serve.
+    fn watch_start(&self, user: &UserName, id: &str, deadline: Instant) -> Starting {
+        let (failed, failure) = tokio::sync::oneshot::channel();
+        let manager = self.clone();
+        let (user, id) = (user.clone(), id.to_string());
+        tokio::spawn(async move {
+            let run_dir = manager.run_dir(&user);
+            match manager
+                .wait(&user, &id, &run_dir, deadline, Until::Serving)
+                .await
+            {
+                Ok(()) => tracing::debug!(%user, "host's dockerd serves"),
+                Err(e) => {
+                    tracing::warn!(%user, "host's dockerd never came to serve: {e}");
+                    let _ = failed.send(e);
+                }
+            }
+        });
+        Starting(failure)
     }
 
     /// Loads the configured images into a new host. A failure is logged and
@@ -488,11 +560,22 @@ impl HostManager {
         }
     }
 
-    fn host(&self, user: &UserName, container_id: String) -> Host {
-        Host {
+    fn running(
+        &self,
+        user: &UserName,
+        container_id: String,
+        readiness: Readiness,
+        starting: Option<Starting>,
+    ) -> Running {
+        let host = Host {
             user: user.clone(),
             container_id,
             run_dir: self.run_dir(user),
+        };
+        Running {
+            host,
+            readiness,
+            starting,
         }
     }
 
@@ -514,23 +597,22 @@ impl HostManager {
         Ok(())
     }
 
-    async fn create_and_start(&self, user: &UserName) -> Result<String, HostError> {
-        let call = |action: &'static str| {
-            let user = user.clone();
-            move |source| HostError::Call {
-                action,
-                user,
-                source,
-            }
-        };
-        let labels = HashMap::from([
+    fn labels(&self, user: &UserName) -> HashMap<String, String> {
+        HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_USER.to_string(), user.to_string()),
             (
                 LABEL_STATE_DIR.to_string(),
                 self.state_dir.display().to_string(),
             ),
-        ]);
+        ])
+    }
+
+    /// Makes the user's volume and network if they are missing; done when
+    /// a user is added, so the first login only creates and starts the
+    /// container (a bridge network costs the engine tens of milliseconds).
+    pub async fn prepare(&self, user: &UserName) -> Result<(), HostError> {
+        let labels = self.labels(user);
         // Independent, so at once: the network is the slow one.
         let volume = async {
             self.docker
@@ -540,9 +622,19 @@ impl HostManager {
                     ..Default::default()
                 })
                 .await
-                .map_err(call("create the host's volume"))
+                .map_err(|source| HostError::Call {
+                    action: "create the host's volume",
+                    user: user.clone(),
+                    source,
+                })
         };
         tokio::try_join!(volume, self.ensure_network(user, &labels))?;
+        Ok(())
+    }
+
+    async fn create_and_start(&self, user: &UserName) -> Result<String, HostError> {
+        self.prepare(user).await?;
+        let labels = self.labels(user);
 
         let mut profile = self.profile_to_try();
         loop {
@@ -702,12 +794,27 @@ impl HostManager {
         }
     }
 
-    async fn wait_ready(&self, user: &UserName, id: &str, run_dir: &Path) -> Result<(), HostError> {
-        let deadline = Instant::now() + self.config.ready_timeout;
+    /// Waits until a starting host's dockerd listens or serves, giving up
+    /// at `deadline` or when the host stops.
+    async fn wait(
+        &self,
+        user: &UserName,
+        id: &str,
+        run_dir: &Path,
+        deadline: Instant,
+        until: Until,
+    ) -> Result<(), HostError> {
         let mut last = String::from("no answer yet");
         let mut next_check = Instant::now() + READY_CHECK;
         while Instant::now() < deadline {
-            match socket::ping(run_dir, Duration::from_secs(2)).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let tried = match until {
+                // The connection is dropped unused: dockerd, once serving,
+                // accepts it and reads an end of file.
+                Until::Listening => socket::connect(run_dir).await.map(drop),
+                Until::Serving => socket::ping(run_dir, left.min(Duration::from_secs(2))).await,
+            };
+            match tried {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }

@@ -37,7 +37,7 @@ use russh::server::{Handle, Msg};
 use russh::{ChannelId, ChannelMsg, Sig};
 
 use super::agent::{self, AgentError};
-use crate::hosts::Host;
+use crate::hosts::{Host, Starting};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Terminal size in characters.
@@ -189,11 +189,14 @@ const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs `spec` in `container`, pumping stdio over `channel` until the
 /// command ends (or the client goes away, which hangs the command up), and
-/// reports how it ended.
+/// reports how it ended. With the host's dockerd still `starting`, the
+/// command runs at once, and its end is reported once dockerd serves (or,
+/// if it never does, after saying why on stderr).
 pub async fn run(
     docker: &Docker,
     host: &Host,
     spec: ExecSpec,
+    starting: Option<Starting>,
     channel: russh::Channel<Msg>,
     handle: Handle,
     backlog: Arc<InputBacklog>,
@@ -375,6 +378,19 @@ pub async fn run(
         ending = finish.ending() => ending,
         _ = client_gone(&handle, channel_id) => return Ok(()),
     };
+    if let Some(starting) = starting {
+        let failure = tokio::select! {
+            failure = starting.failure() => failure,
+            _ = client_gone(&handle, channel_id) => return Ok(()),
+        };
+        if let Some(e) = failure {
+            let newline = if tty { "\r\n" } else { "\n" };
+            let _ = stderr
+                .write_all(format!("berth: {e}{newline}").as_bytes())
+                .await;
+            let _ = stderr.flush().await;
+        }
+    }
     let _ = to_client.eof().await;
     match ending {
         Ending::Status(code) => {

@@ -13,7 +13,7 @@ use super::command::{self, Command};
 use super::forward::TcpTarget;
 use super::handler::Login;
 use super::{Gateway, env};
-use crate::hosts::{Host, Readiness};
+use crate::hosts::{Host, Readiness, Running, Starting};
 use crate::proxy::exec::{self, ExecSpec, InputBacklog, TermSize};
 use crate::proxy::splice;
 
@@ -110,7 +110,7 @@ pub async fn run(
         (None, request) => request,
     };
 
-    let Some(host) = ready_host(&gateway, &login, &channel, pty.is_some()).await else {
+    let Some((host, starting)) = ready_host(&gateway, &login, &channel, pty.is_some()).await else {
         return;
     };
 
@@ -120,6 +120,12 @@ pub async fn run(
         Request::Exec(line) => match command::classify(&line) {
             Command::DialStdio => {
                 tracing::debug!("dial-stdio");
+                // The docker CLI shows stderr only when it fails: say why
+                // before handing it a socket that would only fail.
+                if let Some(e) = started(starting).await {
+                    fail(&channel, &format!("berth: {e}\n")).await;
+                    return;
+                }
                 match host.connect_docker().await {
                     Ok(socket) => {
                         let _ = splice::splice(channel, socket, Some(0)).await;
@@ -153,24 +159,29 @@ pub async fn run(
     };
     tracing::debug!(cmd = ?spec.cmd, tty = spec.tty.is_some(), "exec");
     let docker = gateway.hosts.docker();
-    if let Err(e) = exec::run(docker, &host, spec, channel, handle, backlog).await {
+    if let Err(e) = exec::run(docker, &host, spec, starting, channel, handle, backlog).await {
         tracing::warn!("{e}");
     }
 }
 
 /// Brings the user's host up, telling the user on stderr when that takes
-/// a while (stdout stays clean for `DOCKER_HOST=ssh://` and pipes).
+/// a while (stdout stays clean for `DOCKER_HOST=ssh://` and pipes). The
+/// host's dockerd may still be starting (see [`Running::starting`]).
 async fn ready_host(
     gateway: &Gateway,
     login: &Login,
     channel: &Channel<Msg>,
     tty: bool,
-) -> Option<Host> {
+) -> Option<(Host, Option<Starting>)> {
     let started = Instant::now();
     let newline = if tty { "\r\n" } else { "\n" };
     let mut stderr = channel.make_writer_ext(Some(1));
     match gateway.hosts.ensure_running(&login.user).await {
-        Ok((host, readiness)) => {
+        Ok(Running {
+            host,
+            readiness,
+            starting,
+        }) => {
             let took = started.elapsed();
             if readiness != Readiness::WasRunning {
                 let what = match readiness {
@@ -185,13 +196,21 @@ async fn ready_host(
                 let _ = stderr.write_all(message.as_bytes()).await;
                 let _ = stderr.flush().await;
             }
-            Some(host)
+            Some((host, starting))
         }
         Err(e) => {
             tracing::warn!("host not ready: {e}");
             fail(channel, &format!("berth: {e}{newline}")).await;
             None
         }
+    }
+}
+
+/// Waits for a starting host's dockerd to serve; the reason if it never does.
+async fn started(starting: Option<Starting>) -> Option<crate::hosts::HostError> {
+    match starting {
+        Some(starting) => starting.failure().await,
+        None => None,
     }
 }
 
@@ -299,7 +318,14 @@ async fn host_for_forward(
     reply: ChannelOpenHandle,
 ) -> Option<(Host, ChannelOpenHandle)> {
     match gateway.hosts.ensure_running(&login.user).await {
-        Ok((host, _)) => Some((host, reply)),
+        Ok(running) => match started(running.starting).await {
+            None => Some((running.host, reply)),
+            Some(e) => {
+                tracing::warn!("host not ready: {e}");
+                reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
+                None
+            }
+        },
         Err(e) => {
             tracing::warn!("host not ready: {e}");
             reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
