@@ -643,47 +643,69 @@ def w_cold_start(rig: Rig, res: Results, runs: int, warmup: bool) -> None:
         finally:
             rig.drop_user_host(user)
 
-    def raw_cold() -> float:
+    def raw_cold(own_network: bool) -> float:
         name = f"berth-bench-raw-{rig.tag}-{next(counter)}"
         rd = raw_run_dir / name
         rd.mkdir(parents=True)
         rig.containers.append(name)
         rig.volumes.append(f"{name}-docker")
+        network = []
+        if own_network:
+            # Made before the clock starts, as `berth key add` makes berth's.
+            docker("network", "create", name)
+            rig.networks.append(name)
+            network = ["--network", name]
         try:
             start = time.perf_counter()
             docker("run", "-d", "--name", name, "-v", f"{name}-docker:/var/lib/docker",
-                   "-v", f"{rd}:/run/berth", *HOST_PROFILE, HOST_IMAGE)  # fmt: skip
+                   "-v", f"{rd}:/run/berth", *network, *HOST_PROFILE, HOST_IMAGE)  # fmt: skip
             wait_ping(rd / "docker.sock")
             return time.perf_counter() - start
         finally:
             docker("rm", "-f", "-v", name, check=False)
             docker("volume", "rm", "-f", f"{name}-docker", check=False)
+            if own_network:
+                docker("network", "rm", name, check=False)
 
+    # berth puts each host on a bridge network of its own (isolation);
+    # the raw engine on its default bridge skips that, so a raw run on a
+    # network of its own is shown beside it to price the difference.
     w = "5 cold start: first login until docker info"
     interleave(res, w, {
         "berth": berth_cold,
-        "raw docker run + /_ping": raw_cold,
+        "raw docker run + /_ping": lambda: raw_cold(False),
+        "raw docker run, own bridge + /_ping": lambda: raw_cold(True),
     }, runs, "s", warmup)  # fmt: skip
     compare(res, w, "median s", "berth", "raw docker run + /_ping", "<=", 1.15, "s", False)
+    compare(res, w, "median s", "berth", "raw docker run, own bridge + /_ping", "<=", float("inf"), "s", False)
 
     # Resume: one stopped host each, started again every run.
     resume_user = f"{rig.user}r"
     rig.add_user(resume_user)
     run(rig.ssh("berth", "true", login=resume_user), timeout=300)
-    raw = f"berth-bench-raw-{rig.tag}-resume"
-    rd = raw_run_dir / raw
-    rd.mkdir(parents=True)
-    rig.containers.append(raw)
-    rig.volumes.append(f"{raw}-docker")
-    docker("run", "-d", "--name", raw, "-v", f"{raw}-docker:/var/lib/docker",
-           "-v", f"{rd}:/run/berth", *HOST_PROFILE, HOST_IMAGE)  # fmt: skip
-    wait_ping(rd / "docker.sock")
+    raws = {}
+    for own_network in (False, True):
+        raw = f"berth-bench-raw-{rig.tag}-resume{'-net' if own_network else ''}"
+        rd = raw_run_dir / raw
+        rd.mkdir(parents=True)
+        rig.containers.append(raw)
+        rig.volumes.append(f"{raw}-docker")
+        network = []
+        if own_network:
+            docker("network", "create", raw)
+            rig.networks.append(raw)
+            network = ["--network", raw]
+        docker("run", "-d", "--name", raw, "-v", f"{raw}-docker:/var/lib/docker",
+               "-v", f"{rd}:/run/berth", *network, *HOST_PROFILE, HOST_IMAGE)  # fmt: skip
+        wait_ping(rd / "docker.sock")
+        raws[own_network] = (raw, rd)
 
     def berth_resume() -> float:
         rig.berth_cli("host", "stop", resume_user, timeout=120)
         return timed(rig.ssh("berth", "docker info >/dev/null", login=resume_user), timeout=300)
 
-    def raw_resume() -> float:
+    def raw_resume(own_network: bool) -> float:
+        raw, rd = raws[own_network]
         docker("stop", "-t", "60", raw, timeout=120)
         start = time.perf_counter()
         docker("start", raw)
@@ -693,9 +715,11 @@ def w_cold_start(rig: Rig, res: Results, runs: int, warmup: bool) -> None:
     w = "5 resume: stopped host until docker info"
     interleave(res, w, {
         "berth": berth_resume,
-        "raw docker start + /_ping": raw_resume,
+        "raw docker start + /_ping": lambda: raw_resume(False),
+        "raw docker start, own bridge + /_ping": lambda: raw_resume(True),
     }, runs, "s", warmup)  # fmt: skip
     compare(res, w, "median s", "berth", "raw docker start + /_ping", "<=", 1.15, "s", False)
+    compare(res, w, "median s", "berth", "raw docker start, own bridge + /_ping", "<=", float("inf"), "s", False)
 
 
 def hold_sessions(rig: Rig, host: str, n: int, hold_s: int, logins: list[str] | None = None) -> list:
@@ -987,7 +1011,7 @@ def main() -> int:
         ("2", "docker API round trip", lambda: w_api_round_trip(rig, res, runs * (1 if smoke else 3), warmup)),
         ("3", "channel throughput", lambda: w_channel_throughput(rig, res, runs, warmup, size)),
         ("4", "socket throughput", lambda: w_socket_throughput(rig, res, runs, warmup)),
-        ("5", "cold start and resume", lambda: w_cold_start(rig, res, runs, False)),
+        ("5", "cold start and resume", lambda: w_cold_start(rig, res, runs * (1 if smoke else 3), False)),
         ("6a", "idle sessions", lambda: w_idle_sessions(rig, res, sessions, 60 if smoke else 300)),
         ("6b", "simultaneous logins", lambda: w_simultaneous_logins(rig, res, logins, login_users, runs)),
     ]
