@@ -67,7 +67,7 @@ login() { "${SSH[@]}" "$1@127.0.0.1" true 2>/dev/null; }
 
 wait_ping() {
 	until curl -sf --max-time 2 --unix-socket "$WORK/run-$1/docker.sock" http://d/_ping >/dev/null 2>&1; do
-		sleep 0.01
+		sleep 0.002
 	done
 }
 # Raw engine: the same volume and run-dir layout as a berth host, and the

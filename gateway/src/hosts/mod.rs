@@ -52,7 +52,11 @@ pub const LABEL_USER: &str = "io.berth.user";
 /// engine.
 pub const LABEL_STATE_DIR: &str = "io.berth.state-dir";
 
-/// How often a starting host's socket is tried.
+/// How often a starting host's socket is looked for: a missing socket costs
+/// one failed open, and the session starts as soon as it is there.
+const LISTEN_POLL: Duration = Duration::from_millis(2);
+/// How often a listening host is pinged (a ping waits in the socket's queue
+/// until dockerd serves, so this only paces retries after failures).
 const READY_POLL: Duration = Duration::from_millis(10);
 /// How often the engine is asked whether a starting host is still running.
 const READY_CHECK: Duration = Duration::from_millis(250);
@@ -830,7 +834,11 @@ impl HostManager {
                 }
                 next_check = Instant::now() + READY_CHECK;
             }
-            tokio::time::sleep(READY_POLL).await;
+            tokio::time::sleep(match until {
+                Until::Listening => LISTEN_POLL,
+                Until::Serving => READY_POLL,
+            })
+            .await;
         }
         if let Some(line) = Some(self.last_log_line(id).await).filter(|l| !l.is_empty()) {
             last = format!("{last}; last dockerd log line: {line}");
