@@ -1042,8 +1042,10 @@ def main() -> int:
         rig.close()
 
     res.notes += [
-        f"runs per variant: {runs} (workloads 1 and 2: {runs * (1 if smoke else 3)}), interleaved A B C / C B A"
-        + (", after one warm-up run each" if warmup else ""),
+        f"runs per variant: {runs} (workloads 1, 2 and 5: {runs * (1 if smoke else 3)}), interleaved A B C / C B A"
+        + (", after one warm-up run each (none in workload 5: each of its runs is a first start)" if warmup else ""),
+        "workload 5: berth's user is added with `berth key add` (which makes the user's volume and network) "
+        "before the clock starts; the own-bridge raw variant gets its network made before its clock starts too",
         "openssh-dind: berth-host + openssh-server, sshd with UsePAM no and MaxStartups 200, key copied in "
         "with docker exec; same capability profile and engine as berth's hosts; reached at its container address",
         "workload 4 loads an image the inner engine already holds (loaded once before timing): the layers are "
