@@ -36,12 +36,12 @@ SERVE_PID=
 cleanup() {
 	[[ -n $SERVE_PID ]] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
 	for u in "${USERS[@]}"; do
-		docker rm -f "berth-$u" >/dev/null 2>&1 || :
+		docker rm -f -v "berth-$u" >/dev/null 2>&1 || :
 		docker volume rm -f "berth-$u-docker" >/dev/null 2>&1 || :
 		docker network rm "berth-$u" >/dev/null 2>&1 || :
 	done
 	for c in "${RAW[@]}"; do
-		docker rm -f "$c" >/dev/null 2>&1 || :
+		docker rm -f -v "$c" >/dev/null 2>&1 || :
 		docker volume rm -f "$c-docker" >/dev/null 2>&1 || :
 		docker network rm "$c" >/dev/null 2>&1 || :
 	done

@@ -371,7 +371,7 @@ impl OuterImage {
             .stdout(Stdio::null())
             .status()
             .expect("sh");
-        let _ = docker(&["rm", "-f", &tmp]);
+        let _ = docker(&["rm", "-f", "-v", &tmp]);
         assert!(status.success(), "could not make {name}");
         OuterImage { name }
     }
@@ -559,4 +559,37 @@ fn a_dockerd_that_dies_while_starting_is_reported_to_the_session() {
         !out.status.success(),
         "docker info answered without dockerd"
     );
+}
+
+#[test]
+fn user_adds_racing_a_first_login_make_one_network() {
+    let mut gateway = Gateway::start();
+    let alice = gateway.new_user();
+    // As if the user had been added before berth made networks.
+    docker_ok(&["volume", "rm", &volume(&alice)]);
+    docker_ok(&["network", "rm", &container(&alice)]);
+    let adds: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(berth_bin())
+                .args(["user", "add", &alice.name])
+                .env("BERTH_STATE_DIR", gateway.state.path())
+                .env("DOCKER_HOST", docker_host())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run berth")
+        })
+        .collect();
+    let login = alice.ssh("true");
+    for add in adds {
+        let out = add.wait_with_output().expect("berth user add");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(login.status.success(), "login: {}", stderr(&login));
+    let named = docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .lines()
+        .filter(|n| *n == container(&alice))
+        .count();
+    assert_eq!(named, 1, "networks named {}", container(&alice));
+    assert_eq!(alice.ssh_ok("echo again"), "again");
 }

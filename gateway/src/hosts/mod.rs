@@ -690,7 +690,10 @@ impl HostManager {
     ) -> Result<(), HostError> {
         let name = Self::network_name(user);
         // Engines before API 1.44 accept a second network of the same name
-        // (and then refuse to attach to either): look before creating.
+        // (and then refuse to attach to either): look before creating, and
+        // let no other berth process on this state dir (`berth key add`
+        // while the user logs in) look and create at the same time.
+        let _lock = self.lock_user(user).await?;
         if self
             .docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
@@ -721,6 +724,34 @@ impl HostManager {
                 source,
             }),
         }
+    }
+
+    /// Takes `<state>/locks/USER`, an advisory lock that every berth
+    /// process on this state dir honours, until the returned file drops.
+    /// Kept out of the run dir, which the tenant can write to.
+    async fn lock_user(&self, user: &UserName) -> Result<std::fs::File, HostError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.state_dir.join("locks");
+        let path = dir.join(user.as_str());
+        let locked = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)?;
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?;
+                file.lock()?;
+                Ok(file)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        locked.map_err(|source| HostError::RunDir { path, source })
     }
 
     async fn create_container(
