@@ -633,9 +633,26 @@ def w_socket_throughput(rig: Rig, res: Results, runs: int, warmup: bool) -> None
     tar.unlink()
 
 
+def raw_host(rig: Rig, name: str, own_network: bool) -> tuple[Path, list[str]]:
+    """A raw host laid out like berth's (same image, profile, volume and run
+    dir), registered for cleanup: its run dir and its `docker run` arguments.
+    With `own_network`, on a bridge network of its own, made now (before any
+    clock starts, as `berth key add` makes berth's)."""
+    rd = rig.work / "raw-run" / name
+    rd.mkdir(parents=True)
+    rig.containers.append(name)
+    rig.volumes.append(f"{name}-docker")
+    network = []
+    if own_network:
+        docker("network", "create", name)
+        rig.networks.append(name)
+        network = ["--network", name]
+    return rd, ["run", "-d", "--name", name, "-v", f"{name}-docker:/var/lib/docker",
+                "-v", f"{rd}:/run/berth", *network, *HOST_PROFILE, HOST_IMAGE]  # fmt: skip
+
+
 def w_cold_start(rig: Rig, res: Results, runs: int, warmup: bool) -> None:
     counter = iter(range(10_000))
-    raw_run_dir = rig.work / "raw-run"
 
     def berth_cold() -> float:
         user = f"{rig.user}c{next(counter)}"
@@ -647,20 +664,10 @@ def w_cold_start(rig: Rig, res: Results, runs: int, warmup: bool) -> None:
 
     def raw_cold(own_network: bool) -> float:
         name = f"berth-bench-raw-{rig.tag}-{next(counter)}"
-        rd = raw_run_dir / name
-        rd.mkdir(parents=True)
-        rig.containers.append(name)
-        rig.volumes.append(f"{name}-docker")
-        network = []
-        if own_network:
-            # Made before the clock starts, as `berth key add` makes berth's.
-            docker("network", "create", name)
-            rig.networks.append(name)
-            network = ["--network", name]
+        rd, run_args = raw_host(rig, name, own_network)
         try:
             start = time.perf_counter()
-            docker("run", "-d", "--name", name, "-v", f"{name}-docker:/var/lib/docker",
-                   "-v", f"{rd}:/run/berth", *network, *HOST_PROFILE, HOST_IMAGE)  # fmt: skip
+            docker(*run_args)
             wait_ping(rd / "docker.sock")
             return time.perf_counter() - start
         finally:
@@ -688,17 +695,8 @@ def w_cold_start(rig: Rig, res: Results, runs: int, warmup: bool) -> None:
     raws = {}
     for own_network in (False, True):
         raw = f"berth-bench-raw-{rig.tag}-resume{'-net' if own_network else ''}"
-        rd = raw_run_dir / raw
-        rd.mkdir(parents=True)
-        rig.containers.append(raw)
-        rig.volumes.append(f"{raw}-docker")
-        network = []
-        if own_network:
-            docker("network", "create", raw)
-            rig.networks.append(raw)
-            network = ["--network", raw]
-        docker("run", "-d", "--name", raw, "-v", f"{raw}-docker:/var/lib/docker",
-               "-v", f"{rd}:/run/berth", *network, *HOST_PROFILE, HOST_IMAGE)  # fmt: skip
+        rd, run_args = raw_host(rig, raw, own_network)
+        docker(*run_args)
         wait_ping(rd / "docker.sock")
         raws[own_network] = (raw, rd)
 
