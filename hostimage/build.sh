@@ -182,7 +182,10 @@ build_agent() {
 	RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
 		--manifest-path "$HERE/../Cargo.toml" -p berth-agent \
 		--target "$triple" --target-dir "$HERE/../target/hostimage" >&2
-	install -m 0755 "$HERE/../target/hostimage/$triple/release/berth-agent" "$HERE/berth-agent"
+	# Copied under a name of its own and renamed into place: two builds at
+	# once (make run beside make test) must not trip over each other.
+	install -m 0755 "$HERE/../target/hostimage/$triple/release/berth-agent" "$HERE/berth-agent.$$"
+	mv -f "$HERE/berth-agent.$$" "$HERE/berth-agent"
 }
 
 main "$@"
