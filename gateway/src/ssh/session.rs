@@ -317,15 +317,15 @@ async fn host_for_forward(
     login: &Login,
     reply: ChannelOpenHandle,
 ) -> Option<(Host, ChannelOpenHandle)> {
-    match gateway.hosts.ensure_running(&login.user).await {
+    let serving = match gateway.hosts.ensure_running(&login.user).await {
         Ok(running) => match started(running.starting).await {
-            None => Some((running.host, reply)),
-            Some(e) => {
-                tracing::warn!("host not ready: {e}");
-                reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
-                None
-            }
+            None => Ok(running.host),
+            Some(e) => Err(e),
         },
+        Err(e) => Err(e),
+    };
+    match serving {
+        Ok(host) => Some((host, reply)),
         Err(e) => {
             tracing::warn!("host not ready: {e}");
             reject_forward(reply, ChannelOpenFailure::ConnectFailed, &e.to_string()).await;
